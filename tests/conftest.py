@@ -1,0 +1,78 @@
+"""Shared fixtures. Tests run the real data and models, scaled down to seconds."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DCL_NO_PROGRESS", "1")
+
+# A DC-CCL config small enough for a test (seconds), exercising every stage of the schedule.
+TINY_TOML = """
+[dcccl]
+seed = 3
+threads = 1
+rounds = 1
+cloud_copy_merge = true
+cloud_copy_samples = 256
+finetune_samples = 256
+
+[dcccl.split]
+widths = [16, 32, 64]
+ratio = 3.0
+
+[dcccl.mimic_model]
+name = "mobilecnn_xs"
+
+[dcccl.scenario]
+num_devices = 2
+cloud_train_limit = 1024
+device_train_per_device = 256
+overlap_per_device = 32
+cloud_val = 256
+test_limit = 256
+
+[dcccl.cloud]
+epochs = 4
+batch_size = 64
+
+[dcccl.mimic.optim]
+epochs = 1
+batch_size = 64
+
+[dcccl.device]
+epochs = 1
+batch_size = 32
+
+[dcccl.finetune]
+epochs = 1
+batch_size = 64
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY_TOML)
+    return p
+
+
+def run_dcl(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `dcl` entry point in a subprocess (what a user runs)."""
+    full_env = dict(os.environ, DCL_NO_PROGRESS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=full_env, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user error: non-zero exit, no traceback, one line on stderr naming the problem."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]

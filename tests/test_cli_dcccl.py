@@ -1,0 +1,84 @@
+"""`dcl train dcccl` and `dcl eval` end to end on a tiny config (real data, real models)."""
+import json
+import shutil
+
+import pytest
+
+from conftest import assert_one_line_error, run_dcl
+
+RESULT_KEYS = {"cloud_only", "device_only", "dcccl_mimic", "dcccl_oracle"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "tiny.toml"
+    from conftest import TINY_TOML
+    cfg.write_text(TINY_TOML)
+    out = tmp / "run"
+    proc = run_dcl("train", "dcccl", "--config", str(cfg), "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout)
+
+
+def test_train_writes_the_documented_run(tiny_run):
+    out, printed = tiny_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "dcccl" and set(metrics["results"]) == RESULT_KEYS
+    for r in metrics["results"].values():
+        for k in ("cloud_test", "device_test", "union_test"):
+            assert 0.0 <= r[k] <= 100.0
+    assert printed["results"] == metrics["results"]
+    s = metrics["sizes"]
+    assert s["down_to_device_bytes"] == s["f_d"]["bytes"] + s["g"]["bytes"]
+    assert s["up_to_cloud_bytes"] == s["f_d"]["bytes"] and s["f_c"]["params"] > s["f_d"]["params"]
+    for name in ("f_c", "g", "f_d", "f_d_oracle", "f_d_device_only"):
+        assert (out / "checkpoints" / f"{name}.safetensors").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "dcccl" and cfg["config"]["split"]["ratio"] == 3.0
+    assert not list(out.parent.glob(".run.tmp-*"))  # the temp dir was renamed, not left behind
+
+
+def test_results_are_sane_for_each_baseline(tiny_run):
+    r = tiny_run[1]["results"]
+    # f_c never saw a digit and has no logits for digit classes; f_d alone saw few fashion images
+    assert r["cloud_only"]["device_test"] == 0.0
+    assert r["cloud_only"]["cloud_test"] > 25.0  # well above the 10% of chance after 64 steps
+    assert r["device_only"]["device_test"] > r["cloud_only"]["device_test"]
+
+
+def test_eval_reproduces_the_metrics(tiny_run):
+    out, printed = tiny_run
+    proc = run_dcl("eval", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout)
+    for name in RESULT_KEYS:
+        for k in ("cloud_test", "device_test", "union_test"):
+            assert again["results"][name][k] == pytest.approx(printed["results"][name][k], abs=1e-6)
+    table = run_dcl("eval", str(out))
+    assert "dcccl_mimic" in table.stdout and "union_test" in table.stdout
+
+
+def test_eval_missing_run_dir_is_one_line(tmp_path):
+    assert_one_line_error(run_dcl("eval", str(tmp_path / "nope")), "does not exist")
+
+
+def test_eval_missing_checkpoint_is_one_line(tiny_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    (out / "checkpoints" / "g.safetensors").unlink()
+    assert_one_line_error(run_dcl("eval", str(out)), "g.safetensors", "missing")
+
+
+def test_eval_corrupt_checkpoint_is_one_line(tiny_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    (out / "checkpoints" / "f_c.safetensors").write_bytes(b"\x80\x04not a checkpoint")
+    assert_one_line_error(run_dcl("eval", str(out)), "f_c.safetensors", "corrupt")
+
+
+def test_eval_corrupt_config_is_one_line(tiny_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    (out / "config.json").write_text("{ not json")
+    assert_one_line_error(run_dcl("eval", str(out)), "config.json")

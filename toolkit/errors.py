@@ -1,0 +1,24 @@
+"""User-facing errors: each carries one line that says what is wrong and what to do.
+
+The CLI catches `DclError` and prints only its message (no traceback) with a non-zero exit code,
+so any layer can raise one and trust the user sees a clear line.
+"""
+from __future__ import annotations
+
+
+class DclError(Exception):
+    """An error caused by the user's input or environment, with a one-line remedy."""
+
+    exit_code = 2
+
+
+class ConfigError(DclError):
+    """A bad configuration key or value."""
+
+
+class DataMissingError(DclError):
+    """A data package is not installed; the message names the command that installs it."""
+
+
+class CheckpointError(DclError):
+    """A checkpoint or run directory is missing or unreadable."""

@@ -1,0 +1,1 @@
+"""The three device-cloud methods. Each is a config dataclass + train() + evaluate()."""

@@ -1,0 +1,107 @@
+"""DC-CCL configuration (METHODS.md section 1). Every default here is the documented full run;
+`QUICK` overrides it for the few-minutes run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from toolkit.config import from_dict, load_file, merge, to_dict
+from toolkit.data.scenarios import ScenarioConfig
+from toolkit.train import OptimConfig
+
+
+@dataclass
+class ModelChoice:
+    """A registry model (toolkit.models): name plus the keyword arguments it takes."""
+
+    name: str = "mobilecnn_xs"
+    widths: list[int] | None = None
+    se: bool = False
+    image_size: int = 64  # efficientnet_lite0 only
+    pretrained: bool = True  # efficientnet_lite0 only
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.name == "efficientnet_lite0":
+            return {"image_size": self.image_size, "pretrained": self.pretrained}
+        kw: dict[str, Any] = {"se": self.se}
+        if self.widths:
+            kw["widths"] = list(self.widths)
+        return kw
+
+
+@dataclass
+class SplitConfig:
+    """Vertical split: one base CNN whose every layer is split cloud:device = ratio:1."""
+
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 256])
+    ratio: float = 7.0
+    se: bool = False
+
+
+@dataclass
+class MimicConfig:
+    loss: Literal["mse", "kl"] = "mse"
+    temperature: float = 4.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=6, batch_size=128, schedule="step"))
+
+
+@dataclass
+class DCCCLConfig:
+    seed: int = 0
+    threads: int = 0  # 0: PyTorch's default
+    # "split": f_c and f_d are the two branches of one channel-split CNN;
+    # "hetero": f_c is any registry model (e.g. the pre-trained EfficientNet-Lite0), f_d another.
+    mode: Literal["split", "hetero"] = "split"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    cloud_model: ModelChoice = field(default_factory=lambda: ModelChoice(name="efficientnet_lite0"))
+    device_model: ModelChoice = field(default_factory=lambda: ModelChoice(name="mobilecnn_xs"))
+    mimic_model: ModelChoice = field(default_factory=lambda: ModelChoice(name="mobilecnn_s"))
+    # "known": f_c (and so g) has logits only for the classes the cloud holds, zero-padded to the
+    # joint label space; "all": f_c learns logits for every class, including never-seen ones.
+    cloud_head: Literal["known", "all"] = "known"
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    cloud: OptimConfig = field(default_factory=lambda: OptimConfig(
+        optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=6, batch_size=128, schedule="cosine"))
+    mimic: MimicConfig = field(default_factory=MimicConfig)
+    device: OptimConfig = field(default_factory=lambda: OptimConfig(
+        optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=2, batch_size=32))
+    rounds: int = 5
+    # Step 4 options: the cloud trains its own copy of f_d on cloud data (controlled by the true
+    # f_c) and merges it 0.5/0.5 with the devices' average, then fine-tunes f_d's last layer.
+    cloud_copy_merge: bool = False
+    cloud_copy_samples: int = 5000
+    finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
+        optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, epochs=0, batch_size=128))
+    finetune_samples: int = 5000
+
+
+# The --quick run: same pipeline, smaller data and fewer epochs (minutes on 2 cores).
+QUICK: dict[str, Any] = {
+    "scenario": {"cloud_train_limit": 8000, "num_devices": 2, "test_limit": 2000, "cloud_val": 2000},
+    "cloud": {"epochs": 2},
+    "mimic": {"optim": {"epochs": 2}},
+    "device": {"epochs": 1},
+    "rounds": 2,
+    "cloud_copy_samples": 1000,
+    "finetune_samples": 1000,
+}
+
+
+def load_config(path: str | None = None, quick: bool = False, seed: int | None = None,
+                overrides: dict[str, Any] | None = None) -> DCCCLConfig:
+    data: dict[str, Any] = {}
+    where = "dcccl config"
+    if quick:
+        data = merge(data, QUICK)
+    if path:
+        where = str(path)
+        loaded = load_file(path)
+        data = merge(data, loaded.get("dcccl", loaded) if isinstance(loaded, dict) else loaded)
+    if overrides:
+        data = merge(data, overrides)
+    if seed is not None:
+        data["seed"] = seed
+    base = to_dict(DCCCLConfig())
+    return from_dict(DCCCLConfig, merge(base, data), where)

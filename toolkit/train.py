@@ -1,0 +1,207 @@
+"""Shared training loops, used by every method on the cloud and by simulated devices.
+
+`fit` trains an *objective*: a module whose forward(x, y) returns the scalar loss and whose
+trainable parameters are exactly the ones that should learn (frozen teachers/controls live inside
+it with requires_grad=False). The same loop then serves the cloud step, distillation, the
+controlled device step and last-layer fine-tuning, and runs unchanged under torchrun:
+
+- Batching is a seeded permutation per epoch cut into global batches of `batch_size`; under DDP
+  rank r takes every world_size-th sample of each global batch. So the set of samples per step is
+  the same as in one process, and DDP's gradient averaging of equal-sized per-rank means equals
+  the single-process mean. The last incomplete batch is dropped for the same reason.
+- BatchNorm: on GPUs the objective's BN layers become SyncBatchNorm; on CPU (gloo) PyTorch has no
+  synchronised BN, so each process normalises with its own half of the batch (documented).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from toolkit.data.imageset import ImageSet
+from toolkit.distributed import context
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 1
+    batch_size: int = 64
+    # constant; cosine (to 0 over all steps); step (x0.1 after half the epochs: the authors'
+    # "Adam 1e-3 then 1e-4" for the mimic)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    grad_clip: float = 0.0  # 0: off
+
+
+def progress_enabled() -> bool:
+    return context().is_main and os.environ.get("DCL_NO_PROGRESS", "") not in ("1", "true")
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None, leave: bool = False):
+    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=not progress_enabled(),
+                file=sys.stderr, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """Freeze a module in eval mode (BN statistics fixed, no gradients)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class Supervised(nn.Module):
+    """CE(model(x), y)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(x), y)
+
+
+class Controlled(nn.Module):
+    """DC-CCL's controlled step: CE(control(x) + trainable(x), y) with `control` frozen.
+
+    `control` is the mimic g on a device (or the true f_c for the oracle and on the cloud). It
+    stays in eval mode even when the objective is put in train mode.
+    """
+
+    def __init__(self, trainable: nn.Module, control: nn.Module):
+        super().__init__()
+        self.trainable = trainable
+        self.control = frozen(control)
+
+    def train(self, mode: bool = True) -> "Controlled":
+        super().train(mode)
+        self.control.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            c = self.control(x)
+        return F.cross_entropy(c + self.trainable(x), y)
+
+
+class Distill(nn.Module):
+    """Logit distillation of a frozen teacher into a student: MSE on logits, or KL at temperature T."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, loss: Literal["mse", "kl"] = "mse",
+                 temperature: float = 4.0):
+        super().__init__()
+        self.student = student
+        self.teacher = frozen(teacher)
+        self.loss = loss
+        self.temperature = temperature
+
+    def train(self, mode: bool = True) -> "Distill":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            t = self.teacher(x)
+        s = self.student(x)
+        if self.loss == "mse":
+            return F.mse_loss(s, t)
+        T = self.temperature
+        return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
+                        reduction="batchmean") * T * T
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+def _optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_at(cfg: OptimConfig, step: int, total: int) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 if step >= total // 2 else 1.0)
+    return cfg.lr
+
+
+def fit(objective: nn.Module, data: ImageSet, cfg: OptimConfig, seed: int, desc: str = "train",
+        distributed: bool = True, train_mode: bool = True,
+        params: list[nn.Parameter] | None = None) -> list[float]:
+    """Train `objective` on `data`; returns the mean loss of each epoch.
+
+    distributed: use DDP when running under torchrun (cloud loops); simulated device loops pass
+    False so every process runs them identically. train_mode=False keeps BatchNorm statistics
+    frozen (last-layer fine-tuning). `params` restricts what trains (default: all that require grad).
+    """
+    ctx = context()
+    use_ddp = distributed and ctx.enabled
+    world, rank = (ctx.world_size, ctx.rank) if use_ddp else (1, 0)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    trainable = params if params is not None else [p for p in objective.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"{desc}: nothing to train")
+    model: nn.Module = objective
+    if use_ddp:
+        if ctx.device.type == "cuda":
+            objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective).to(ctx.device)
+        model = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=params is not None)
+    opt = _optimizer(trainable, cfg)
+    steps_per_epoch = len(data) // cfg.batch_size
+    total, step, history = steps_per_epoch * cfg.epochs, 0, []
+    objective.train(train_mode)
+    local = cfg.batch_size // world
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 1_000 + epoch))
+        running, bar = 0.0, progress(range(steps_per_epoch), f"{desc} {epoch + 1}/{cfg.epochs}")
+        for i in bar:
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
+            x, y = data.x[idx].to(ctx.device), data.y[idx].to(ctx.device)
+            assert x.shape[0] == local
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step, total)
+            loss = model(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            opt.step()
+            running += loss.item()
+            step += 1
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{running / (i + 1):.4f}")
+        history.append(running / max(steps_per_epoch, 1))
+    objective.eval()
+    return history
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    dev = context().device
+    return torch.cat([model(data.x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(data), batch_size)])
+
+
+def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> float:
+    """Top-1 accuracy in percent."""
+    if len(data) == 0:
+        return float("nan")
+    pred = predict_logits(model, data, batch_size).argmax(-1)
+    return 100.0 * (pred == data.y).float().mean().item()
