@@ -187,7 +187,11 @@ def fit(objective: nn.Module, data: ImageSet, cfg: OptimConfig, seed: int, desc:
             step += 1
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{running / (i + 1):.4f}")
-        history.append(running / max(steps_per_epoch, 1))
+        epoch_loss = torch.tensor(running / max(steps_per_epoch, 1))
+        if use_ddp:  # report the global mean, not this rank's half-batch mean
+            torch.distributed.all_reduce(epoch_loss)
+            epoch_loss /= world
+        history.append(epoch_loss.item())
     objective.eval()
     return history
 
