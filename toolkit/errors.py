@@ -22,3 +22,19 @@ class DataMissingError(DclError):
 
 class CheckpointError(DclError):
     """A checkpoint or run directory is missing or unreadable."""
+
+
+class ExportError(DclError):
+    """An export could not be produced (unsupported layer/op, converter failure)."""
+
+
+class ValidationError(ExportError):
+    """An exported artifact does not match PyTorch; the export is refused."""
+
+
+class BundleError(DclError):
+    """A bundle or manifest is missing, corrupt, or fails its sha256 check."""
+
+
+class DeviceError(DclError):
+    """A device is missing, unauthorized, disconnected, or lacks a runner."""

@@ -9,12 +9,14 @@ from toolkit.errors import ConfigError
 from toolkit.models.efficientnet_lite import EfficientNetLite0
 from toolkit.models.mobilecnn import PRESETS, MobileCNN
 from toolkit.models.padded import PadLogits
+from toolkit.models.recommender import EmbeddingMLP
 from toolkit.models.split_cnn import ChannelSplitCNN, split_widths
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mobilecnn": MobileCNN,
     "channel_split_cnn": ChannelSplitCNN,
     "efficientnet_lite0": EfficientNetLite0,
+    "embedding_mlp": lambda num_classes=1, **kw: EmbeddingMLP(**kw),
 }
 for _name, _widths in PRESETS.items():
     _REGISTRY[_name] = (lambda w: (lambda num_classes, **kw: MobileCNN(num_classes, kw.pop("widths", w), **kw)))(_widths)
@@ -39,5 +41,5 @@ def state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-__all__ = ["ChannelSplitCNN", "EfficientNetLite0", "MobileCNN", "count_params", "create_model",
+__all__ = ["ChannelSplitCNN", "EfficientNetLite0", "EmbeddingMLP", "MobileCNN", "count_params", "create_model",
            "model_names", "PadLogits", "split_widths", "state_bytes"]

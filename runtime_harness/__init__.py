@@ -1,0 +1,1 @@
+"""Runtime harness: load exported artifacts in their real runtimes, run, measure, report."""
