@@ -7,6 +7,7 @@ structurally and recorded with checked=false and the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -67,9 +68,12 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], formats: Se
                              list(output_names), tmp, f"{name}_{fmt}_train", target=batch0["y"], spec=training)
             tart = exporter.export_training(tjob)
             _finish(tart, tmp, tjob)
-            tart.trainable = training.trainable_names(model)
+            # an exporter may narrow what trains (Core ML: only updatable layers); the gate then
+            # checks the program it actually wrote
+            spec = training if not tart.trainable else dataclasses.replace(training, trainable=list(tart.trainable))
+            tart.trainable = spec.trainable_names(model)
             tart.loss, tart.optimizer = training.loss, training.optimizer_record()
-            tart.validation = _gate_training(exporter, tart, tmp, model, training, list(train_batches), steps, tjob)
+            tart.validation = _gate_training(exporter, tart, tmp, model, spec, list(train_batches), steps, tjob)
             manifest.artifacts.append(tart)
             log(f"  {fmt:10s} training   {_summary(tart)}  ({time.perf_counter() - t0:.1f}s)")
         manifest.write(tmp)
