@@ -59,6 +59,59 @@ def eval_cmd(run_dir: str, as_json: bool) -> None:
     _emit(metrics, as_json, results_table(metrics))
 
 
+@cli.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
+def targets_cmd(as_json: bool) -> None:
+    """List the phones (and host) dcl exports for, with what each supports."""
+    import dataclasses
+
+    from tabulate import tabulate
+
+    from exporters.targets import all_targets
+
+    ts = all_targets()
+    rows = [[t.key, t.name, f"{t.os} {t.os_version}".strip(), t.soc, t.ram_gb or "-", ", ".join(t.formats)]
+            for t in ts.values()]
+    _emit({k: dataclasses.asdict(t) for k, t in ts.items()}, as_json,
+          tabulate(rows, headers=["target", "device", "os", "soc", "ram GB", "formats"], tablefmt="github"))
+
+
+@cli.command("export")
+@click.argument("run_dir")
+@click.option("--target", required=True, help="A phone from `dcl targets`, or host.")
+@click.option("--formats", default="", help="Comma-separated subset of executorch,onnx,tflite,coreml (default: all the target supports).")
+@click.option("--out", default=None, help="Bundle directory (default: bundles/<target>).")
+@click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
+              help="BatchNorm in the training programs: frozen statistics, or batch statistics.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str, as_json: bool) -> None:
+    """Export a DC-CCL run for a phone: verified inference and on-device training artifacts."""
+    import dataclasses
+
+    from exporters.methods.dcccl import export_dcccl
+    from exporters.targets import get_target, resolve_formats
+
+    t = get_target(target)
+    fmts = resolve_formats(t, [f.strip() for f in formats.split(",") if f.strip()])
+    out = out or f"bundles/{t.key}"
+    log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    log(f"exporting {run_dir} for {t.name} ({', '.join(fmts)}) -> {out}")
+    manifest = export_dcccl(run_dir, t.key, fmts, out, bn=bn, log=log)
+    _emit(manifest.to_json(), as_json, f"bundle written to {out} ({len(manifest.artifacts)} verified artifacts)")
+
+
+@cli.command("import-weights")
+@click.argument("run_dir")
+@click.argument("weights")
+@click.option("--name", default="f_d_imported", show_default=True, help="Checkpoint name to write in the run.")
+def import_weights_cmd(run_dir: str, weights: str, name: str) -> None:
+    """Load f_d weights returned by a device runtime (.safetensors/.npz) into a run's checkpoints."""
+    from toolkit.methods.dcccl.transfer import import_device_weights
+
+    info = import_device_weights(run_dir, weights, name)
+    click.echo(f"imported {info['imported']} tensors into {info['checkpoint']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="dcl", standalone_mode=False)

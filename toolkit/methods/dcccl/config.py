@@ -57,7 +57,7 @@ class DCCCLConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     cloud_model: ModelChoice = field(default_factory=lambda: ModelChoice(name="efficientnet_lite0"))
     device_model: ModelChoice = field(default_factory=lambda: ModelChoice(name="mobilecnn_xs"))
-    mimic_model: ModelChoice = field(default_factory=lambda: ModelChoice(name="mobilecnn_s"))
+    mimic_model: ModelChoice = field(default_factory=lambda: ModelChoice(name="mobilecnn_m"))
     # "known": f_c (and so g) has logits only for the classes the cloud holds, zero-padded to the
     # joint label space; "all": f_c learns logits for every class, including never-seen ones.
     cloud_head: Literal["known", "all"] = "known"
@@ -67,7 +67,7 @@ class DCCCLConfig:
     mimic: MimicConfig = field(default_factory=MimicConfig)
     device: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=2, batch_size=32))
-    rounds: int = 5
+    rounds: int = 10
     # Step 4 options: the cloud trains its own copy of f_d on cloud data (controlled by the true
     # f_c) and merges it 0.5/0.5 with the devices' average, then fine-tunes f_d's last layer.
     cloud_copy_merge: bool = False

@@ -1,0 +1,56 @@
+"""Device -> cloud: load f_d weights that came back from a phone runtime into a run.
+
+Runtimes hand weights back keyed by PyTorch names of the exported device program, where f_d is
+the submodule "b." (see exporters/methods/dcccl.py); the prefix is optional here. Accepted files:
+.safetensors or .npz (what the runners' get_weights() and the demo apps write).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from toolkit.errors import CheckpointError
+from toolkit.methods.dcccl.pipeline import load_run
+
+DEVICE_PREFIX = "b."
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"weights file {p} does not exist; pass the .safetensors or .npz the device returned")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"weights file {p} is corrupt or not .safetensors/.npz ({e})") from None
+
+
+def import_device_weights(run_dir: str | Path, weights: str | Path, name: str = "f_d_imported") -> dict:
+    """Load returned f_d weights over the run's f_d (parameters only; BN statistics are kept, since
+    a frozen-BN training program never changes them) and save them as checkpoints/<name>."""
+    cfg, trained, run = load_run(run_dir)
+    f_d = trained.models.f_d
+    got = {k[len(DEVICE_PREFIX):] if k.startswith(DEVICE_PREFIX) else k: v for k, v in read_weights(weights).items()}
+    params = dict(f_d.named_parameters())
+    state = f_d.state_dict()
+    unknown = sorted(set(got) - set(state))
+    if unknown:
+        raise CheckpointError(f"weights file has {unknown[0]!r}, which f_d of {run_dir} does not have; "
+                              f"was it exported from this run?")
+    missing = sorted(set(params) - set(got))
+    if missing:
+        raise CheckpointError(f"weights file lacks f_d parameter {missing[0]!r}; pass the full get_weights() output")
+    for k, v in got.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            raise CheckpointError(f"weight {k!r} has shape {tuple(v.shape)}, f_d expects {tuple(state[k].shape)}")
+        state[k] = v.to(state[k].dtype)
+    f_d.load_state_dict(state)
+    run.save_model(name, f_d)
+    return {"imported": len(got), "checkpoint": str(run.checkpoint_path(name))}
