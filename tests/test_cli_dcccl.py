@@ -82,3 +82,30 @@ def test_eval_corrupt_config_is_one_line(tiny_run, tmp_path):
     shutil.copytree(tiny_run[0], out)
     (out / "config.json").write_text("{ not json")
     assert_one_line_error(run_dcl("eval", str(out)), "config.json")
+
+
+def test_import_weights_roundtrip_and_errors(tiny_run, tmp_path):
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    f_d = load_file(str(out / "checkpoints" / "f_d.safetensors"))
+    # what a runtime returns: trainable parameters of the device program, "b."-prefixed
+    returned = {f"b.{k}": v + 0.5 for k, v in f_d.items() if "running" not in k and "num_batches" not in k}
+    save_file(returned, str(tmp_path / "w.safetensors"))
+    proc = run_dcl("import-weights", str(out), str(tmp_path / "w.safetensors"))
+    assert proc.returncode == 0, proc.stderr
+    got = load_file(str(out / "checkpoints" / "f_d_imported.safetensors"))
+    for k, v in returned.items():
+        assert (got[k[2:]] == v).all()
+    assert (got["features.0.1.running_mean"] == f_d["features.0.1.running_mean"]).all()
+
+    np.savez(tmp_path / "w.npz", **{k: v.numpy() for k, v in returned.items()})
+    assert run_dcl("import-weights", str(out), str(tmp_path / "w.npz"), "--name", "npz").returncode == 0
+
+    bad = dict(returned)
+    bad["b.classifier.weight"] = bad["b.classifier.weight"][:, :3].contiguous()
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    assert_one_line_error(run_dcl("import-weights", str(out), str(tmp_path / "bad.safetensors")), "shape")
+    assert_one_line_error(run_dcl("import-weights", str(out), str(tmp_path / "none.safetensors")), "does not exist")
