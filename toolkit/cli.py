@@ -112,6 +112,34 @@ def import_weights_cmd(run_dir: str, weights: str, name: str) -> None:
     click.echo(f"imported {info['imported']} tensors into {info['checkpoint']}")
 
 
+@cli.group()
+def simulate() -> None:
+    """Simulate a fleet of devices training inside exported artifacts."""
+
+
+@simulate.command("dcccl")
+@click.argument("run_dir")
+@click.option("--runtime", type=click.Choice(["executorch", "onnxruntime", "litert"]), required=True)
+@click.option("--devices", type=int, default=2, show_default=True)
+@click.option("--rounds", type=int, default=2, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Local epochs per round (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
+def simulate_dcccl(run_dir: str, runtime: str, devices: int, rounds: int, epochs: int | None, as_json: bool) -> None:
+    """DC-CCL device rounds run inside a runtime's training artifact, compared with PyTorch."""
+    import dataclasses
+
+    from tabulate import tabulate
+
+    from runtime_harness.fleet.dcccl import simulate as run_sim
+
+    log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    res = run_sim(run_dir, runtime, devices, rounds, epochs, log=log)
+    rows = [[engine, *acc.values(), res.seconds[engine]] for engine, acc in res.accuracy.items()]
+    table = tabulate(rows, headers=["engine", "cloud_test %", "device_test %", "union_test %", "seconds"],
+                     tablefmt="github") + f"\n\n|union gap| = {res.union_gap:.2f} points ({res.steps} runtime steps)"
+    _emit(dataclasses.asdict(res) | {"union_gap": res.union_gap}, as_json, table)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="dcl", standalone_mode=False)

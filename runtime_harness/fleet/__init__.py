@@ -1,0 +1,1 @@
+"""Fleet simulation: many devices' training steps run inside the exported artifacts."""
