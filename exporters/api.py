@@ -22,7 +22,7 @@ from exporters.manifest import FORMATS, Artifact, Manifest, Validation, describe
 from exporters.spec import TensorSpec, TrainingSpec
 from exporters.validate import INFERENCE_TOLERANCE, TRAINING_STEPS, validate_inference, validate_training
 from runtime_harness.runners import open_inference, open_training
-from toolkit.errors import ExportError, ValidationError
+from toolkit.errors import ExportError, TrainingNotExpressible, ValidationError
 from toolkit.run import replace_dir
 
 
@@ -31,13 +31,17 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], formats: Se
            method: str = "custom", name: str = "model", input_names: Sequence[str] | None = None,
            output_names: Sequence[str] = ("logits",), validation_inputs: Sequence[Sequence[torch.Tensor]] = (),
            train_batches: Sequence[dict[str, torch.Tensor]] = (), steps: int = TRAINING_STEPS,
-           extra: dict | None = None, log=print) -> Manifest:
+           options: dict[str, dict] | None = None, extra: dict | None = None, log=print) -> Manifest:
     """Export `model` to every format in `formats`, verified; returns the written manifest.
 
     example_inputs: inference inputs (fixed shapes, batch 1 typical). validation_inputs: extra
     (e.g. real) input sets checked besides a random one. train_batches: dicts of the model's
     inputs plus the target "y" at the training batch size; required when `training` is given.
+    options: per-format exporter options, e.g. {"executorch": {"external_weights": True}}.
+    A format that cannot express the training program at all (TrainingNotExpressible) is recorded
+    in manifest.not_exported with its reason and reported; every other failure aborts the export.
     """
+    options = options or {}
     model = model.eval()
     example_inputs = tuple(example_inputs)
     input_names = list(input_names or (["x"] if len(example_inputs) == 1 else [f"input_{i}" for i in range(len(example_inputs))]))
@@ -51,7 +55,8 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], formats: Se
     try:
         for fmt in formats:
             exporter = get_exporter(fmt)
-            job = ExportJob(model, example_inputs, input_names, list(output_names), tmp, f"{name}_{fmt}")
+            job = ExportJob(model, example_inputs, input_names, list(output_names), tmp, f"{name}_{fmt}",
+                            options=dict(options.get(fmt, {})))
             t0 = time.perf_counter()
             art = exporter.export_inference(job)
             _finish(art, tmp, job)
@@ -65,8 +70,14 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], formats: Se
             t0 = time.perf_counter()
             batch0 = train_batches[0]
             tjob = ExportJob(model, tuple(v for k, v in batch0.items() if k != "y"), input_names,
-                             list(output_names), tmp, f"{name}_{fmt}_train", target=batch0["y"], spec=training)
-            tart = exporter.export_training(tjob)
+                             list(output_names), tmp, f"{name}_{fmt}_train", target=batch0["y"], spec=training,
+                             options=dict(options.get(fmt, {})))
+            try:
+                tart = exporter.export_training(tjob)
+            except TrainingNotExpressible as e:
+                manifest.not_exported.append({"format": fmt, "kind": "training", "reason": str(e)})
+                log(f"  {fmt:10s} training   NOT EXPORTED: {e}")
+                continue
             _finish(tart, tmp, tjob)
             # an exporter may narrow what trains (Core ML: only updatable layers); the gate then
             # checks the program it actually wrote

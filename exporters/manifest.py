@@ -75,6 +75,8 @@ class Manifest:
     tool_versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    # programs a format cannot express at all: [{"format", "kind", "reason"}], never silent
+    not_exported: list[dict[str, str]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

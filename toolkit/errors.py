@@ -28,6 +28,11 @@ class ExportError(DclError):
     """An export could not be produced (unsupported layer/op, converter failure)."""
 
 
+class TrainingNotExpressible(ExportError):
+    """A format's training mechanism cannot express this training program at all (e.g. Core ML
+    cannot backpropagate through an add). The export records it as not exported, with the reason."""
+
+
 class ValidationError(ExportError):
     """An exported artifact does not match PyTorch; the export is refused."""
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from exporters.manifest import Artifact
 from runtime_harness.runners.base import InferenceRunner, TrainingRunner
 
-# format -> module implementing `open_inference(path, threads)` and `open_training(path, artifact)`
+# format -> module implementing `open_inference(path, artifact, threads)` and
+# `open_training(path, artifact, threads)`; `artifact` is the manifest's Artifact record
 _MODULES = {
     "executorch": "runtime_harness.runners.executorch",
     "onnx": "runtime_harness.runners.onnxruntime",
@@ -23,11 +25,11 @@ def _module(fmt: str):
     return importlib.import_module(_MODULES[fmt])
 
 
-def open_inference(fmt: str, path: str | Path, artifact: dict, threads: int = 1) -> InferenceRunner:
+def open_inference(fmt: str, path: str | Path, artifact: Artifact, threads: int = 1) -> InferenceRunner:
     return _module(fmt).open_inference(Path(path), artifact, threads)
 
 
-def open_training(fmt: str, path: str | Path, artifact: dict, threads: int = 1) -> TrainingRunner:
+def open_training(fmt: str, path: str | Path, artifact: Artifact, threads: int = 1) -> TrainingRunner:
     return _module(fmt).open_training(Path(path), artifact, threads)
 
 
