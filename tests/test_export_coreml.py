@@ -73,10 +73,23 @@ def test_fused_cnn_inference_is_an_fp32_ml_program_validated_structurally(fused)
 
 
 def test_fused_cnn_training_is_refused_with_the_reason(tmp_path):
-    """Core ML cannot backpropagate through the sum of the mimic's and the device model's logits."""
+    """Core ML cannot backpropagate through the sum of the mimic's and the device model's logits:
+    the exporter refuses, and the bundle records it (inference still exported) instead of hiding it."""
+    import re
+
+    from exporters.coreml import CoreMLExporter
+    from exporters.base import ExportJob
+
+    ex = fused_cnn()
+    b = ex.batches[0]
+    job = ExportJob(ex.model, (b["x"],), ["x"], ["logits"], tmp_path, "t", target=b["y"], spec=ex.spec)
     with pytest.raises(ExportError, match=r"'logits' \(add\).*backpropagates only through"):
-        _export(fused_cnn(), tmp_path / "b", training=True)
-    assert not (tmp_path / "b").exists()
+        CoreMLExporter().export_training(job)
+    manifest = _export(ex, tmp_path / "b", training=True)
+    assert [a.kind for a in manifest.artifacts] == ["inference"]
+    (entry,) = manifest.not_exported
+    assert entry["format"] == "coreml" and entry["kind"] == "training"
+    assert re.search(r"'logits' \(add\).*backpropagates only through", entry["reason"])
 
 
 def test_embedding_mlp_inference_takes_int32_ids(mlp):
