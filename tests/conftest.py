@@ -76,3 +76,17 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1, proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny DC-CCL run shared by every test that needs a run directory: (path, metrics)."""
+    import json
+
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    out = tmp / "run"
+    proc = run_dcl("train", "dcccl", "--config", str(cfg), "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout)

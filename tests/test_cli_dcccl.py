@@ -9,18 +9,6 @@ from conftest import assert_one_line_error, run_dcl
 RESULT_KEYS = {"cloud_only", "device_only", "dcccl_mimic", "dcccl_oracle"}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    cfg = tmp / "tiny.toml"
-    from conftest import TINY_TOML
-    cfg.write_text(TINY_TOML)
-    out = tmp / "run"
-    proc = run_dcl("train", "dcccl", "--config", str(cfg), "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout)
-
-
 def test_train_writes_the_documented_run(tiny_run):
     out, printed = tiny_run
     metrics = json.loads((out / "metrics.json").read_text())

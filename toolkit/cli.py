@@ -95,7 +95,6 @@ def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str
     fmts = resolve_formats(t, [f.strip() for f in formats.split(",") if f.strip()])
     out = out or f"bundles/{t.key}"
     log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    log(f"exporting {run_dir} for {t.name} ({', '.join(fmts)}) -> {out}")
     manifest = export_dcccl(run_dir, t.key, fmts, out, bn=bn, log=log)
     _emit(manifest.to_json(), as_json, f"bundle written to {out} ({len(manifest.artifacts)} verified artifacts)")
 

@@ -49,6 +49,7 @@ def export_dcccl(run_dir: str | Path, target: str, formats: Sequence[str], out_d
     from exporters.api import export
 
     cfg, model, sc = device_program(run_dir)
+    log(f"exporting {run_dir} for {target} ({', '.join(formats)}) -> {out_dir}")
     spec = training_spec(cfg, bn, momentum)
     real_inputs = [(sc.device_test.x[:1],), (sc.cloud_test.x[:1],)]
     return export(model, (sc.device_test.x[:1],), formats=formats, out_dir=out_dir, training=spec, target=target,

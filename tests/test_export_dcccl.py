@@ -1,0 +1,88 @@
+"""`dcl export` of a DC-CCL run: the bundle contract, real-data validation, failure leaves nothing."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import assert_one_line_error, run_dcl
+from exporters.manifest import load_manifest
+from runtime_harness.runners import open_training
+
+ARTIFACT_KEYS = {"name", "path", "format", "kind", "sha256", "bytes", "inputs", "outputs", "trainable", "loss",
+                 "optimizer", "validation"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "host"
+    proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout)
+
+
+def test_manifest_contract(bundle):
+    out, printed = bundle
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw == printed
+    assert raw["format_version"] == 1 and raw["method"] == "dcccl" and raw["target"] == "host"
+    assert raw["created"] and raw["tool_versions"]["executorch"] == "1.5.1"
+    assert raw["tool_versions"]["onnxruntime-training"] == "1.19.2"
+    kinds = {(a["format"], a["kind"]) for a in raw["artifacts"]}
+    for fmt in ("executorch", "onnx", "tflite"):
+        assert {(fmt, "inference"), (fmt, "training")} <= kinds
+    assert ("coreml", "inference") in kinds
+    # Core ML cannot express the controlled step: recorded with its reason, never silently dropped
+    assert [(e["format"], e["kind"]) for e in raw["not_exported"]] == [("coreml", "training")]
+    for a in raw["artifacts"]:
+        assert ARTIFACT_KEYS <= set(a)
+        v = a["validation"]
+        assert v["passed"] is True
+        if a["format"] == "coreml":
+            assert v["checked"] is False and "macOS" in v["reason"]
+        elif a["kind"] == "inference":
+            assert v["checked"] and v["max_abs_diff"] <= v["tolerance"] <= 1e-4
+            assert v["inputs_checked"] == ["random", "given_0", "given_1"]  # random + real digit + real fashion
+        else:
+            assert v["checked"] and v["steps"] >= 10 and v["max_rel_loss_diff"] <= 1e-4
+            assert v["max_rel_weight_diff"] <= 1e-4
+            assert a["trainable"] and all(n.startswith("b.") for n in a["trainable"])  # f_d only; g frozen
+            assert a["loss"] == "cross_entropy" and a["optimizer"]["name"] == "sgd"
+    load_manifest(out)  # every file's sha256 verifies
+
+
+@pytest.mark.parametrize("fmt", ["executorch", "onnx", "tflite"])
+def test_trained_weights_come_back_and_import_into_the_run(bundle, tiny_run, tmp_path, fmt):
+    """Train a few steps in the runtime, take f_d's weights out, load them into PyTorch."""
+    out, _ = bundle
+    manifest = load_manifest(out)
+    art = next(a for a in manifest.artifacts if a.format == fmt and a.kind == "training")
+    runner = open_training(fmt, out / art.path, art)
+    shape = art.inputs[0].shape
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        runner.train_step({"x": torch.rand(shape, generator=g).numpy(),
+                           "y": torch.randint(10, 20, (shape[0],), generator=g).numpy()})
+    weights = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in runner.get_weights().items()}
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(tiny_run[0], run)
+    proc = run_dcl("import-weights", str(run), str(tmp_path / "w.safetensors"), "--name", f"f_d_{fmt}")
+    assert proc.returncode == 0, proc.stderr
+    got = load_file(str(run / "checkpoints" / f"f_d_{fmt}.safetensors"))
+    before = load_file(str(run / "checkpoints" / "f_d.safetensors"))
+    changed = [k for k in art.trainable if not torch.equal(got[k[2:]], before[k[2:]])]
+    assert changed  # training moved f_d, and what moved is what came back
+    for k in art.trainable:
+        assert torch.equal(got[k[2:]], weights[k].reshape(got[k[2:]].shape))
+
+
+def test_export_unknown_formats_and_missing_run(tiny_run, tmp_path):
+    assert_one_line_error(run_dcl("export", str(tiny_run[0]), "--target", "pixel-8", "--formats", "coreml",
+                                  "--out", str(tmp_path / "b")), "does not run coreml")
+    assert_one_line_error(run_dcl("export", str(tmp_path / "nope"), "--target", "host", "--out", str(tmp_path / "b")),
+                          "does not exist")
+    assert not (tmp_path / "b").exists()
