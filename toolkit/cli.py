@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -137,6 +138,41 @@ def simulate_dcccl(run_dir: str, runtime: str, devices: int, rounds: int, epochs
     table = tabulate(rows, headers=["engine", "cloud_test %", "device_test %", "union_test %", "seconds"],
                      tablefmt="github") + f"\n\n|union gap| = {res.union_gap:.2f} points ({res.steps} runtime steps)"
     _emit(dataclasses.asdict(res) | {"union_gap": res.union_gap}, as_json, table)
+
+
+@cli.command("profile")
+@click.argument("bundle_dir", required=False)
+@click.option("--device", default="host", show_default=True, help="host, or an adb serial (phone or emulator-5554).")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (at least).")
+@click.option("--duration", type=float, default=1.0, show_default=True, help="Minimum timed seconds per artifact.")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--sustained", type=float, default=0.0, help="Also run each artifact this many seconds and report drift.")
+@click.option("--out", default=None, help="Folder for results.json and report.html (default: BUNDLE_DIR/profile-<device>).")
+@click.option("--html", "html_path", default=None, help="Also copy the HTML report here.")
+@click.option("--compare", nargs=2, default=None, metavar="A.json B.json", help="Show two results side by side as ratios.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
+def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float, threads: int, sustained: float,
+                out: str | None, html_path: str | None, compare: tuple[str, str] | None, as_json: bool) -> None:
+    """Measure latency, memory and energy of every artifact in a bundle."""
+    import shutil
+
+    from runtime_harness.report import compare as compare_results
+    from runtime_harness.report import compare_rows, console_table, load_results
+
+    if compare:
+        a, b = (load_results(p) for p in compare)
+        _emit(compare_rows(a, b), as_json, compare_results(a, b))
+        return
+    if not bundle_dir:
+        raise click.UsageError("give a BUNDLE_DIR to profile, or --compare A.json B.json")
+    from runtime_harness.profile import ProfilePlan, profile_bundle
+
+    out_dir = Path(out or Path(bundle_dir) / f"profile-{device}")
+    log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    res = profile_bundle(bundle_dir, device, out_dir, ProfilePlan(runs, duration, threads, sustained), log=log)
+    if html_path:
+        shutil.copyfile(out_dir / "report.html", html_path)
+    _emit(res.to_json(), as_json, console_table(res) + f"\n\nresults: {out_dir / 'results.json'}, report: {out_dir / 'report.html'}")
 
 
 def main(argv: list[str] | None = None) -> int:
