@@ -90,3 +90,14 @@ def tiny_run(tmp_path_factory):
     proc = run_dcl("train", "dcccl", "--config", str(cfg), "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_run, tmp_path_factory):
+    """The tiny run exported for host in every format: (bundle path, printed manifest)."""
+    import json
+
+    out = tmp_path_factory.mktemp("bundle") / "host"
+    proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout)

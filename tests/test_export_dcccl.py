@@ -14,14 +14,6 @@ ARTIFACT_KEYS = {"name", "path", "format", "kind", "sha256", "bytes", "inputs", 
                  "optimizer", "validation"}
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "host"
-    proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout)
-
-
 def test_manifest_contract(bundle):
     out, printed = bundle
     raw = json.loads((out / "manifest.json").read_text())
