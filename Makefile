@@ -4,9 +4,13 @@
 setup:
 	@bash scripts/setup.sh
 
-# The main job on embedded defaults (small; a few minutes on 2 cores).
+# The main job on embedded defaults (small; a few minutes on 2 cores): a quick DC-CCL run, its
+# export for `host` in every format (each artifact verified against PyTorch), a profile of every
+# artifact beside PyTorch eager, and the report (runs/demo-bundle/profile-host/report.html).
 demo: setup
 	.venv/bin/dcl train dcccl --quick --out runs/demo
+	.venv/bin/dcl export runs/demo --target host --out runs/demo-bundle
+	.venv/bin/dcl profile runs/demo-bundle --device host --runs 50 --duration 0.5
 
 test: setup
 	.venv/bin/python -m pytest -q tests

@@ -7,7 +7,7 @@ from toolkit.methods.dcccl import load_config
 
 def test_defaults_and_quick_differ_only_where_quick_says():
     full, quick = load_config(), load_config(quick=True)
-    assert full.rounds == 10 and quick.rounds == 2
+    assert full.rounds == 10 and quick.rounds == 5
     assert quick.scenario.cloud_train_limit == 8000 and full.scenario.cloud_train_limit == 0
     assert quick.split == full.split
 

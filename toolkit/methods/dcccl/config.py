@@ -80,10 +80,11 @@ class DCCCLConfig:
 # The --quick run: same pipeline, smaller data and fewer epochs (minutes on 2 cores).
 QUICK: dict[str, Any] = {
     "scenario": {"cloud_train_limit": 8000, "num_devices": 2, "test_limit": 2000, "cloud_val": 2000},
-    "cloud": {"epochs": 2},
-    "mimic": {"optim": {"epochs": 2}},
+    "cloud": {"epochs": 3},
+    # the mimic's fidelity decides how close DC-CCL comes to the oracle: keep its epochs
+    "mimic": {"optim": {"epochs": 6}},
     "device": {"epochs": 1},
-    "rounds": 2,
+    "rounds": 5,
     "cloud_copy_samples": 1000,
     "finetune_samples": 1000,
 }
