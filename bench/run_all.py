@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exporters.api import export  # noqa: E402
 from exporters.examples import embedding_mlp, fused_cnn  # noqa: E402
 from runtime_harness import metrics  # noqa: E402
-from runtime_harness.profile import synthetic_inputs  # noqa: E402
 from runtime_harness.runners import open_inference, open_training  # noqa: E402
 from runtime_harness.runners.pytorch import PyTorchInference, PyTorchTraining  # noqa: E402
 
@@ -41,7 +40,6 @@ def bench_model(label: str, ex, runs: int, seconds: float) -> list[dict]:
         m = export(ex.model, ex.inputs, formats=FORMATS + ["coreml"], out_dir=Path(tmp) / "b", training=ex.spec,
                    input_names=ex.input_names, output_names=ex.output_names, train_batches=ex.batches, log=log)
         total = time.perf_counter() - t0
-        classes = ex.model(*ex.inputs).shape[-1] if ex.model(*ex.inputs).dim() > 1 else 2
         inf_in = dict(zip(ex.input_names, (t.numpy() for t in ex.inputs)))
         batch = {k: v.numpy() for k, v in ex.batches[0].items()}
         eager_inf = metrics.profile_inference(lambda: PyTorchInference(ex.model), inf_in, runs, seconds).timing.runs
