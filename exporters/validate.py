@@ -11,15 +11,14 @@ The gate knows formats only through runners (runtime_harness.runners).
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
 
 from exporters.manifest import Validation
-from exporters.spec import TrainingSpec, loss_fn
+from exporters.spec import TrainingSpec
 from runtime_harness.runners.base import InferenceRunner, TrainingRunner
+from runtime_harness.runners.pytorch import PyTorchTraining, set_train_modes  # noqa: F401 (re-exported)
 
 INFERENCE_TOLERANCE = {"executorch": 1e-4, "onnx": 1e-4, "tflite": 1e-4, "coreml": 1e-4}
 TRAINING_TOLERANCE = 1e-4
@@ -50,41 +49,12 @@ def validate_inference(model: nn.Module, runner: InferenceRunner, input_sets: li
                       max_abs_diff=worst, tolerance=tolerance, inputs_checked=labels)
 
 
-def set_train_modes(model: nn.Module, trainable: list[str], bn: str) -> None:
-    """PyTorch reference modes: eval everywhere, except that with bn="train" a BatchNorm whose own
-    parameters are trainable normalises with batch statistics (frozen parts stay in eval mode)."""
-    model.eval()
-    if bn != "train":
-        return
-    chosen = set(trainable)
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-            if f"{name}.weight" in chosen:
-                m.train()
-
-
 def reference_training(model: nn.Module, spec: TrainingSpec, batches: list[dict[str, torch.Tensor]],
                        target_name: str, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
     """PyTorch's loss trajectory and final trainable weights for the same program."""
-    model = copy.deepcopy(model)
-    names = spec.trainable_names(model)
-    params = dict(model.named_parameters())
-    for n, p in params.items():
-        p.requires_grad_(n in names)
-    set_train_modes(model, names, spec.bn)
-    opt = torch.optim.SGD([params[n] for n in names], lr=spec.lr, momentum=spec.momentum,
-                          weight_decay=spec.weight_decay)
-    loss_of = loss_fn(spec.loss)
-    losses = []
-    for i in range(steps):
-        batch = batches[i % len(batches)]
-        inputs = [v for k, v in batch.items() if k != target_name]
-        loss = loss_of(model(*inputs), batch[target_name])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses, {n: params[n].detach().clone() for n in names}
+    runner = PyTorchTraining(model, spec, target_name, threads=torch.get_num_threads())
+    losses = [runner.train_step({k: _np(v) for k, v in batches[i % len(batches)].items()}) for i in range(steps)]
+    return losses, {n: torch.from_numpy(w) for n, w in runner.get_weights().items()}
 
 
 def validate_training(model: nn.Module, spec: TrainingSpec, runner: TrainingRunner,

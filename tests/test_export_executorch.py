@@ -20,8 +20,9 @@ from exporters.examples import Example, embedding_mlp, fused_cnn
 from exporters.executorch import ExecuTorchExporter
 from exporters.manifest import Manifest, describe_files, load_manifest
 from exporters.spec import TrainingSpec, loss_fn
-from exporters.validate import set_train_modes, validate_training
+from exporters.validate import validate_training
 from runtime_harness.runners import open_inference, open_training
+from runtime_harness.runners.pytorch import PyTorchTraining
 from toolkit.errors import BundleError, ExportError
 
 TOL = 1e-4
@@ -134,19 +135,10 @@ def test_set_weights_reaches_the_runtime(cnn):
 
 
 def _pytorch_running_stats(model: nn.Module, spec: TrainingSpec, batches, steps: int) -> dict[str, np.ndarray]:
-    model = copy.deepcopy(model)
-    names = spec.trainable_names(model)
-    params = dict(model.named_parameters())
-    for n, p in params.items():
-        p.requires_grad_(n in names)
-    set_train_modes(model, names, spec.bn)
-    opt = torch.optim.SGD([params[n] for n in names], lr=spec.lr, momentum=spec.momentum)
+    ref = PyTorchTraining(model, spec)
     for i in range(steps):
-        b = batches[i % len(batches)]
-        opt.zero_grad()
-        loss_fn(spec.loss)(model(b["x"]), b["y"]).backward()
-        opt.step()
-    return {n: b.numpy() for n, b in model.named_buffers() if "running_" in n}
+        ref.train_step({k: v.numpy() for k, v in batches[i % len(batches)].items()})
+    return {n: b.numpy() for n, b in ref.model.named_buffers() if "running_" in n}
 
 
 def test_bn_train_with_external_weights(tmp_path):

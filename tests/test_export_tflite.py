@@ -21,9 +21,8 @@ from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from exporters.examples import _randomise_bn, embedding_mlp, fused_cnn  # noqa: E402
 from exporters.spec import TrainingSpec  # noqa: E402
-from exporters.spec import loss_fn  # noqa: E402
-from exporters.validate import set_train_modes  # noqa: E402
 from runtime_harness.runners import open_inference, open_training  # noqa: E402
+from runtime_harness.runners.pytorch import PyTorchTraining  # noqa: E402
 from toolkit.errors import ExportError  # noqa: E402
 from toolkit.models import MobileCNN  # noqa: E402
 
@@ -180,19 +179,10 @@ def test_squeeze_excite_with_batch_statistics(se_bn_train):
 
 def _trained_copy(model: nn.Module, spec: TrainingSpec, batches, steps: int) -> nn.Module:
     """PyTorch's model after `steps` steps of the gate's reference program (buffers included)."""
-    model = copy.deepcopy(model)
-    names = spec.trainable_names(model)
-    params = dict(model.named_parameters())
-    for n, p in params.items():
-        p.requires_grad_(n in names)
-    set_train_modes(model, names, spec.bn)
-    opt = torch.optim.SGD([params[n] for n in names], lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    ref = PyTorchTraining(model, spec)
     for i in range(steps):
-        loss = loss_fn(spec.loss)(model(batches[i]["x"]), batches[i]["y"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
+        ref.train_step({k: v.numpy() for k, v in batches[i].items()})
+    return ref.model
 
 
 def test_squeeze_excite_inference_matches(se_bn_train):

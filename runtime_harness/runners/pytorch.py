@@ -9,8 +9,19 @@ import torch
 from torch import nn
 
 from exporters.spec import TrainingSpec, loss_fn
-from exporters.validate import set_train_modes
 from runtime_harness.runners.base import InferenceRunner, TrainingRunner
+
+
+def set_train_modes(model: nn.Module, trainable: list[str], bn: str) -> None:
+    """The reference program's modes: eval everywhere, except that with bn="train" a BatchNorm
+    whose own parameters are trainable normalises with batch statistics (frozen parts stay eval)."""
+    model.eval()
+    if bn != "train":
+        return
+    chosen = set(trainable)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and f"{name}.weight" in chosen:
+            m.train()
 
 
 class PyTorchInference(InferenceRunner):
@@ -27,6 +38,8 @@ class PyTorchInference(InferenceRunner):
 
 
 class PyTorchTraining(TrainingRunner):
+    """The PyTorch reference of a TrainingSpec: what every runtime's training artifact must match."""
+
     format = "pytorch"
 
     def __init__(self, model: nn.Module, spec: TrainingSpec, target_name: str = "y", threads: int = 1):
