@@ -63,6 +63,12 @@ def validate_training(model: nn.Module, spec: TrainingSpec, runner: TrainingRunn
     ref_losses, ref_weights = reference_training(model, spec, batches, target_name, steps)
     rt_losses = [float(runner.train_step({k: _np(v) for k, v in batches[i % len(batches)].items()}))
                  for i in range(steps)]
+    for who, losses in (("PyTorch", ref_losses), ("the runtime", rt_losses)):
+        if not np.all(np.isfinite(losses)):
+            # NaN compares false with everything: without this a diverged pair would "match"
+            return Validation(True, False, f"training diverged in {who} (non-finite loss); lower the learning "
+                              f"rate (now {spec.lr:g})", steps=steps, tolerance=tolerance,
+                              loss_runtime=rt_losses, loss_pytorch=ref_losses)
     loss_err = max(abs(a - b) / max(abs(b), 1.0) for a, b in zip(rt_losses, ref_losses))
     weights = runner.get_weights()
     missing = sorted(set(ref_weights) - set(weights))

@@ -75,3 +75,12 @@ def test_training_gate_refuses_missing_weights():
 
     v = validate_training(ex.model, ex.spec, Forgetful(ex.model, ex.spec), ex.batches, steps=10)
     assert not v.passed and "item.weight" in v.reason
+
+
+def test_training_gate_refuses_a_diverging_program():
+    """Both sides NaN must not count as agreement."""
+    ex = fused_cnn()
+    spec = copy.deepcopy(ex.spec)
+    spec.lr = 1e6
+    v = validate_training(ex.model, spec, PyTorchTraining(ex.model, spec), ex.batches, steps=10)
+    assert not v.passed and "diverged" in v.reason

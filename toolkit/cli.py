@@ -84,8 +84,9 @@ def targets_cmd(as_json: bool) -> None:
 @click.option("--out", default=None, help="Bundle directory (default: bundles/<target>).")
 @click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
               help="BatchNorm in the training programs: frozen statistics, or batch statistics.")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate of the on-device step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str, as_json: bool) -> None:
+def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str, lr: float, as_json: bool) -> None:
     """Export a DC-CCL run for a phone: verified inference and on-device training artifacts."""
     import dataclasses
 
@@ -96,7 +97,7 @@ def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str
     fmts = resolve_formats(t, [f.strip() for f in formats.split(",") if f.strip()])
     out = out or f"bundles/{t.key}"
     log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    manifest = export_dcccl(run_dir, t.key, fmts, out, bn=bn, log=log)
+    manifest = export_dcccl(run_dir, t.key, fmts, out, bn=bn, lr=lr, log=log)
     _emit(manifest.to_json(), as_json, f"bundle written to {out} ({len(manifest.artifacts)} verified artifacts)")
 
 

@@ -20,6 +20,11 @@ from toolkit.methods.dcccl import Fused, load_run
 
 INPUT_NAMES, OUTPUT_NAMES = ["x"], ["logits"]
 TRAIN_BATCHES = 4  # distinct fixed real batches cycled through the gate's steps
+# On-device learning rate. The cloud-side simulation trains f_d with batch-statistics BN at the
+# run's device lr (0.05, momentum 0.9); with frozen BN statistics (the portable default on
+# phones) that lr diverges within 7 steps on a trained f_d (measured on the full run: loss 0.39
+# -> 1.9e7 -> NaN), while 0.01 trains stably. Override with `dcl export --lr`.
+ON_DEVICE_LR = 0.01
 
 
 def device_program(run_dir: str | Path):
@@ -29,9 +34,9 @@ def device_program(run_dir: str | Path):
     return cfg, model, build_dcccl_scenario(cfg.scenario, cfg.seed)
 
 
-def training_spec(cfg, bn: str = "frozen", momentum: float | None = None) -> TrainingSpec:
+def training_spec(cfg, bn: str = "frozen", momentum: float | None = None, lr: float = ON_DEVICE_LR) -> TrainingSpec:
     d = cfg.device
-    return TrainingSpec(trainable=["b."], frozen=["a."], loss="cross_entropy", optimizer="sgd", lr=d.lr,
+    return TrainingSpec(trainable=["b."], frozen=["a."], loss="cross_entropy", optimizer="sgd", lr=lr,
                         momentum=d.momentum if momentum is None else momentum, weight_decay=d.weight_decay,
                         batch_size=d.batch_size, bn=bn)  # type: ignore[arg-type]
 
@@ -45,12 +50,13 @@ def real_batches(sc, batch_size: int, n: int, seed: int = 0) -> list[dict[str, t
 
 
 def export_dcccl(run_dir: str | Path, target: str, formats: Sequence[str], out_dir: str | Path,
-                 bn: str = "frozen", momentum: float | None = None, log=print) -> Manifest:
+                 bn: str = "frozen", momentum: float | None = None, lr: float = ON_DEVICE_LR,
+                 log=print) -> Manifest:
     from exporters.api import export
 
     cfg, model, sc = device_program(run_dir)
     log(f"exporting {run_dir} for {target} ({', '.join(formats)}) -> {out_dir}")
-    spec = training_spec(cfg, bn, momentum)
+    spec = training_spec(cfg, bn, momentum, lr)
     real_inputs = [(sc.device_test.x[:1],), (sc.cloud_test.x[:1],)]
     return export(model, (sc.device_test.x[:1],), formats=formats, out_dir=out_dir, training=spec, target=target,
                   method="dcccl", name="dcccl", input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
