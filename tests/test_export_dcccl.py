@@ -78,3 +78,14 @@ def test_export_unknown_formats_and_missing_run(tiny_run, tmp_path):
     assert_one_line_error(run_dcl("export", str(tmp_path / "nope"), "--target", "host", "--out", str(tmp_path / "b")),
                           "does not exist")
     assert not (tmp_path / "b").exists()
+
+
+def test_simulate_in_a_runtime_agrees_with_pytorch(tiny_run):
+    """Every device's controlled step runs inside the ONNX Runtime training artifact, weights come
+    back through the runtime, the cloud merges; the same simulation in PyTorch agrees."""
+    proc = run_dcl("simulate", "dcccl", str(tiny_run[0]), "--runtime", "onnxruntime", "--devices", "2",
+                   "--rounds", "1", "--epochs", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout)
+    assert res["steps"] > 0 and set(res["accuracy"]) == {"pytorch", "onnxruntime"}
+    assert res["union_gap"] <= 0.5

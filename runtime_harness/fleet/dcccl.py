@@ -5,9 +5,10 @@ The same simulation runs in PyTorch with the identical program (the gate's refer
 same batches, same SGD, same frozen-BN semantics), so the two final accuracies are comparable;
 the issue's bar is agreement within 0.5 points.
 
-Start point: f_d's seeded initialisation from the run's config (the device rounds of a fresh
-run), with g frozen as trained. Each device-round opens a fresh training session (so optimizer
-state does not leak between devices, as in the cloud-side simulation).
+Start point: the run's trained f_d, i.e. further rounds on devices. (An exported training
+program carries f_d's BatchNorm statistics as constants and only its parameters train, so the
+simulation must start from the f_d the artifact was exported from.) g stays frozen. Each
+device-round opens a fresh training session, so optimizer state does not leak between devices.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from runtime_harness.runners import open_training
 from toolkit.data.imageset import ImageSet
 from toolkit.data.scenarios import build_dcccl_scenario
 from toolkit.errors import ConfigError
-from toolkit.methods.dcccl import Fused, build_models, load_run
+from toolkit.methods.dcccl import Fused, load_run
 from toolkit.methods.dcccl.rounds import average_states
 from toolkit.train import accuracy, progress
 
@@ -67,7 +68,7 @@ def simulate(run_dir: str | Path, runtime: str, devices: int, rounds: int, epoch
     spec = training_spec(cfg)
     epochs = epochs or cfg.device.epochs
     _, trained, _ = load_run(run_dir)
-    init = {k: v.clone() for k, v in build_models(cfg, sc.num_classes, pretrained=False).f_d.state_dict().items()}
+    init = {k: v.clone() for k, v in trained.models.f_d.state_dict().items()}
     names = spec.trainable_names(model)
 
     with tempfile.TemporaryDirectory(prefix="dcl-fleet-") as tmp:
