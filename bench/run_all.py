@@ -34,8 +34,9 @@ def bench_model(label: str, ex, runs: int, seconds: float) -> list[dict]:
         t0 = time.perf_counter()
         times: dict[str, float] = {}
 
-        def log(msg: str) -> None:
-            times[msg.split()[0] + "_" + msg.split()[1]] = float(msg.rsplit("(", 1)[1].rstrip("s)"))
+        def log(msg: str) -> None:  # "  <format> <kind> <summary> (<seconds>s)"; other lines are notes
+            if msg.rstrip().endswith("s)"):
+                times[msg.split()[0] + "_" + msg.split()[1]] = float(msg.rsplit("(", 1)[1].rstrip("s)"))
 
         m = export(ex.model, ex.inputs, formats=FORMATS + ["coreml"], out_dir=Path(tmp) / "b", training=ex.spec,
                    input_names=ex.input_names, output_names=ex.output_names, train_batches=ex.batches, log=log)
