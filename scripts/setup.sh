@@ -10,6 +10,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 command -v adb >/dev/null 2>&1 || need_apt+=(adb)
+# headless Chromium: the test that opens the HTML profile report and checks its plots render
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     log "missing system packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
