@@ -118,9 +118,7 @@ def _finish(art: Artifact, bundle: Path, job: ExportJob) -> None:
 def _gate_inference(exporter, art, bundle, model, sets, job) -> Validation:
     ok, why = exporter.runnable_here("inference")
     if not ok:
-        v = exporter.validate_structure(art, job)
-        v.reason = f"{why}; structure validated: {v.reason}" if v.reason else f"{why}; structure validated"
-        return _require(v, art, structural=True)
+        return _structural(exporter, art, job, why)
     runner = open_inference(art.format, bundle / art.path, art, threads=1)
     return _require(validate_inference(model, runner, sets, INFERENCE_TOLERANCE[art.format],
                                        labels=["random"] + [f"given_{i}" for i in range(len(sets) - 1)]), art)
@@ -129,11 +127,16 @@ def _gate_inference(exporter, art, bundle, model, sets, job) -> Validation:
 def _gate_training(exporter, art, bundle, model, spec, batches, steps, job) -> Validation:
     ok, why = exporter.runnable_here("training")
     if not ok:
-        v = exporter.validate_structure(art, job)
-        v.reason = f"{why}; structure validated: {v.reason}" if v.reason else f"{why}; structure validated"
-        return _require(v, art, structural=True)
+        return _structural(exporter, art, job, why)
     runner = open_training(art.format, bundle / art.path, art, threads=1)
     return _require(validate_training(model, spec, runner, batches, steps=steps), art)
+
+
+def _structural(exporter, art: Artifact, job: ExportJob, why: str) -> Validation:
+    """A format that cannot run here: its structural checks, recorded as not numerically checked."""
+    v = exporter.validate_structure(art, job)
+    v.reason = f"{why}; structure validated: {v.reason}" if v.reason else f"{why}; structure validated"
+    return _require(v, art, structural=True)
 
 
 def _require(v: Validation, art: Artifact, structural: bool = False) -> Validation:
