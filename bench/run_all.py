@@ -1,8 +1,8 @@
 """Benchmarks: export time, inference latency and training-step time per runtime, as ratios
 against PyTorch eager measured in the same run (1 thread). Prints a table; writes bench/results.json.
 
-Models: the DC-CCL device program of a run (default: a fresh quick run if none is given) and
-the embedding-MLP recommender. Nothing here is a pass/fail test: it reports what it measured.
+Models: `fused_cnn` (two CNNs with summed logits, one frozen: the shape of DC-CCL's device step)
+and the embedding-MLP recommender. Nothing here is a pass/fail test: it reports what it measured.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporters.api import export  # noqa: E402
-from exporters.examples import embedding_mlp, fused_cnn  # noqa: E402
+from exporters.api import export_model  # noqa: E402
+from exporters.reference import PyTorchInference, PyTorchTraining  # noqa: E402
+from exporters.runner import open_inference, open_training  # noqa: E402
 from runtime_harness import metrics  # noqa: E402
-from runtime_harness.runners import open_inference, open_training  # noqa: E402
-from runtime_harness.runners.pytorch import PyTorchInference, PyTorchTraining  # noqa: E402
+from toolkit.models.examples import embedding_mlp, fused_cnn  # noqa: E402
 
 FORMATS = ["executorch", "onnx", "tflite"]
 
@@ -34,12 +34,12 @@ def bench_model(label: str, ex, runs: int, seconds: float) -> list[dict]:
         t0 = time.perf_counter()
         times: dict[str, float] = {}
 
-        def log(msg: str) -> None:  # "  <format> <kind> <summary> (<seconds>s)"; other lines are notes
+        def log(msg: str) -> None:  # "  <program> <format> <kind> <summary> (<seconds>s)"; other lines are notes
             if msg.rstrip().endswith("s)"):
-                times[msg.split()[0] + "_" + msg.split()[1]] = float(msg.rsplit("(", 1)[1].rstrip("s)"))
+                times[msg.split()[1] + "_" + msg.split()[2]] = float(msg.rsplit("(", 1)[1].rstrip("s)"))
 
-        m = export(ex.model, ex.inputs, formats=FORMATS + ["coreml"], out_dir=Path(tmp) / "b", training=ex.spec,
-                   input_names=ex.input_names, output_names=ex.output_names, train_batches=ex.batches, log=log)
+        m = export_model(ex.model, ex.inputs, FORMATS + ["coreml"], Path(tmp) / "b", name=label, training=ex.spec,
+                         input_names=ex.input_names, output_names=ex.output_names, train_batches=ex.batches, log=log)
         total = time.perf_counter() - t0
         inf_in = dict(zip(ex.input_names, (t.numpy() for t in ex.inputs)))
         batch = {k: v.numpy() for k, v in ex.batches[0].items()}
@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = bench_model("dcccl_device_program", fused_cnn(batch=32), args.runs, args.seconds)
+    rows = bench_model("fused_cnn", fused_cnn(batch=32), args.runs, args.seconds)
     rows += bench_model("embedding_mlp", embedding_mlp(), args.runs, args.seconds)
     print(tabulate([[r.get(k) for k in ("model", "format", "kind", "export_s", "p50_ms", "eager_p50_ms", "ratio_vs_eager", "parity")]
                     for r in rows], headers=["model", "format", "kind", "export s", "p50 ms", "eager p50 ms",

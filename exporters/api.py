@@ -1,98 +1,132 @@
-"""`exporters.export(...)`: any nn.Module -> a verified bundle (manifest.json + artifacts).
+"""`exporters.export(programs, ...)`: named PyTorch programs -> one verified bundle.
 
-For each format: export inference, run the gate; export training, run the gate. Any failure
-raises (ValidationError / ExportError) and the temporary bundle is deleted, so a bundle on disk
-is always complete and verified. Formats that cannot run here (Core ML on Linux) are validated
+For each program and format: export inference, run the gate; export training, run the gate. Any
+failure raises (ValidationError / ExportError) and the temporary bundle is deleted, so a bundle
+on disk is always complete and verified. Formats that cannot run here (Core ML on Linux) are validated
 structurally and recorded with checked=false and the reason.
 """
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from dcl_core.atomic import atomic_dir
+from dcl_core.bundle import Artifact, Manifest, Program, TensorSpec, Validation, describe_files, now
+from dcl_core.errors import ExportError, TrainingNotExpressible, ValidationError
 from exporters.base import ExportJob, get_exporter
-from exporters.manifest import FORMATS, Artifact, Manifest, Validation, describe_files, now, tool_versions
-from exporters.spec import TensorSpec, TrainingSpec
-from exporters.validate import INFERENCE_TOLERANCE, TRAINING_STEPS, validate_inference, validate_training
-from runtime_harness.runners import open_inference, open_training
-from toolkit.errors import ExportError, TrainingNotExpressible, ValidationError
-from toolkit.run import replace_dir
+from exporters.formats import FORMATS, get_format, tool_versions
+from exporters.gate import TRAINING_STEPS, validate_inference, validate_training
+from exporters.runner import open_inference, open_training
+from exporters.spec import TrainingSpec
 
 
-def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], formats: Sequence[str] = FORMATS,
-           out_dir: str | Path = "bundle", training: TrainingSpec | None = None, *, target: str = "host",
-           method: str = "custom", name: str = "model", input_names: Sequence[str] | None = None,
-           output_names: Sequence[str] = ("logits",), validation_inputs: Sequence[Sequence[torch.Tensor]] = (),
-           train_batches: Sequence[dict[str, torch.Tensor]] = (), steps: int = TRAINING_STEPS,
-           options: dict[str, dict] | None = None, extra: dict | None = None, log=print) -> Manifest:
-    """Export `model` to every format in `formats`, verified; returns the written manifest.
+@dataclass
+class ProgramSpec:
+    """One named program of a bundle: a module, its example inputs and, optionally, its on-device
+    training program. Methods build these; the exporters know nothing else about a method.
 
     example_inputs: inference inputs (fixed shapes, batch 1 typical). validation_inputs: extra
     (e.g. real) input sets checked besides a random one. train_batches: dicts of the model's
     inputs plus the target "y" at the training batch size; required when `training` is given.
     options: per-format exporter options, e.g. {"executorch": {"external_weights": True}}.
-    A format that cannot express the training program at all (TrainingNotExpressible) is recorded
-    in manifest.not_exported with its reason and reported; every other failure aborts the export.
+    extra: facts an app needs to feed the program (input layout, range, classes), kept in the
+    manifest.
     """
-    options = options or {}
-    model = model.eval()
-    example_inputs = tuple(example_inputs)
-    input_names = list(input_names or (["x"] if len(example_inputs) == 1 else [f"input_{i}" for i in range(len(example_inputs))]))
-    if training is not None and not train_batches:
-        raise ExportError("a training export needs train_batches (model inputs + target 'y')")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+
+    name: str
+    model: nn.Module
+    example_inputs: Sequence[torch.Tensor]
+    input_names: Sequence[str] | None = None
+    output_names: Sequence[str] = ("logits",)
+    training: TrainingSpec | None = None
+    validation_inputs: Sequence[Sequence[torch.Tensor]] = ()
+    train_batches: Sequence[dict[str, torch.Tensor]] = ()
+    options: dict[str, dict] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        n = len(self.example_inputs)
+        return list(self.input_names or (["x"] if n == 1 else [f"input_{i}" for i in range(n)]))
+
+
+def export(programs: Sequence[ProgramSpec], formats: Sequence[str] = tuple(FORMATS), out_dir: str | Path = "bundle",
+           *, target: str = "host", method: str = "custom", steps: int = TRAINING_STEPS,
+           extra: dict | None = None, log=print) -> Manifest:
+    """Export every program to every format in `formats`, each artifact verified by the gate;
+    write one bundle (manifest.json + artifacts) and return its manifest.
+
+    A format that cannot express a training program at all (TrainingNotExpressible) is recorded
+    in that program's `not_exported` with its reason and reported; every other failure aborts
+    the export and leaves no bundle.
+    """
+    names = [p.name for p in programs]
+    if not programs or len(set(names)) != len(names):
+        raise ExportError(f"a bundle needs one or more programs with distinct names, got {names}")
+    formats = [get_format(f).name for f in formats]
+    for p in programs:
+        if p.training is not None and not p.train_batches:
+            raise ExportError(f"program {p.name!r}: a training export needs train_batches (model inputs + target 'y')")
     manifest = Manifest(method=method, target=target, tool_versions=tool_versions(), created=now(),
                         extra=dict(extra or {}))
-    try:
-        for fmt in formats:
-            exporter = get_exporter(fmt)
-            job = ExportJob(model, example_inputs, input_names, list(output_names), tmp, f"{name}_{fmt}",
-                            options=dict(options.get(fmt, {})))
-            t0 = time.perf_counter()
-            art = exporter.export_inference(job)
-            _finish(art, tmp, job)
-            sets = [dict(zip(input_names, _random_like(example_inputs)))] + \
-                   [dict(zip(input_names, s)) for s in validation_inputs]
-            art.validation = _gate_inference(exporter, art, tmp, model, sets, job)
-            manifest.artifacts.append(art)
-            log(f"  {fmt:10s} inference  {_summary(art)}  ({time.perf_counter() - t0:.1f}s)")
-            if training is None:
-                continue
-            t0 = time.perf_counter()
-            batch0 = train_batches[0]
-            tjob = ExportJob(model, tuple(v for k, v in batch0.items() if k != "y"), input_names,
-                             list(output_names), tmp, f"{name}_{fmt}_train", target=batch0["y"], spec=training,
-                             options=dict(options.get(fmt, {})))
-            try:
-                tart = exporter.export_training(tjob)
-            except TrainingNotExpressible as e:
-                manifest.not_exported.append({"format": fmt, "kind": "training", "reason": str(e)})
-                log(f"  {fmt:10s} training   NOT EXPORTED: {e}")
-                continue
-            _finish(tart, tmp, tjob)
-            # an exporter may narrow what trains (Core ML: only updatable layers); the gate then
-            # checks the program it actually wrote
-            spec = training if not tart.trainable else dataclasses.replace(training, trainable=list(tart.trainable))
-            tart.trainable = spec.trainable_names(model)
-            tart.loss, tart.optimizer = training.loss, training.optimizer_record()
-            tart.validation = _gate_training(exporter, tart, tmp, model, spec, list(train_batches), steps, tjob)
-            manifest.artifacts.append(tart)
-            log(f"  {fmt:10s} training   {_summary(tart)}  ({time.perf_counter() - t0:.1f}s)")
+    with atomic_dir(out_dir) as tmp:
+        for spec in programs:
+            program = Program(spec.name, extra=dict(spec.extra))
+            manifest.programs.append(program)
+            for fmt in formats:
+                _export_program_format(spec, program, fmt, tmp, steps, log)
         manifest.write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
     return manifest
+
+
+def export_model(model: nn.Module, example_inputs: Sequence[torch.Tensor], formats: Sequence[str] = tuple(FORMATS),
+                 out_dir: str | Path = "bundle", *, name: str = "model", target: str = "host",
+                 method: str = "custom", steps: int = TRAINING_STEPS, extra: dict | None = None, log=print,
+                 **program: Any) -> Manifest:
+    """A bundle of one program: `export([ProgramSpec(name, model, example_inputs, **program)], ...)`."""
+    return export([ProgramSpec(name, model, tuple(example_inputs), **program)], formats, out_dir, target=target,
+                  method=method, steps=steps, extra=extra, log=log)
+
+
+def _export_program_format(spec: ProgramSpec, program: Program, fmt: str, bundle: Path, steps: int, log) -> None:
+    model = spec.model.eval()
+    inputs, input_names = tuple(spec.example_inputs), spec.names()
+    exporter = get_exporter(fmt)
+    options = dict(spec.options.get(fmt, {}))
+    job = ExportJob(model, inputs, input_names, list(spec.output_names), bundle, f"{spec.name}_{fmt}", options=options)
+    t0 = time.perf_counter()
+    art = exporter.export_inference(job)
+    _finish(art, bundle, job)
+    sets = [dict(zip(input_names, _random_like(inputs)))] + [dict(zip(input_names, s)) for s in spec.validation_inputs]
+    art.validation = _gate_inference(exporter, art, bundle, model, sets, job)
+    program.artifacts.append(art)
+    log(f"  {spec.name} {fmt:10s} inference  {_summary(art)}  ({time.perf_counter() - t0:.1f}s)")
+    if spec.training is None:
+        return
+    t0 = time.perf_counter()
+    batch0 = spec.train_batches[0]
+    tjob = ExportJob(model, tuple(v for k, v in batch0.items() if k != "y"), input_names, list(spec.output_names),
+                     bundle, f"{spec.name}_{fmt}_train", target=batch0["y"], spec=spec.training, options=options)
+    try:
+        tart = exporter.export_training(tjob)
+    except TrainingNotExpressible as e:
+        program.not_exported.append({"format": fmt, "kind": "training", "reason": str(e)})
+        log(f"  {spec.name} {fmt:10s} training   NOT EXPORTED: {e}")
+        return
+    _finish(tart, bundle, tjob)
+    # an exporter may narrow what trains (Core ML: only updatable layers); the gate then checks
+    # the program it actually wrote
+    training = spec.training if not tart.trainable else dataclasses.replace(spec.training, trainable=list(tart.trainable))
+    tart.trainable = training.trainable_names(model)
+    tart.loss, tart.optimizer = spec.training.loss, spec.training.optimizer_record()
+    tart.validation = _gate_training(exporter, tart, bundle, model, training, list(spec.train_batches), steps, tjob)
+    program.artifacts.append(tart)
+    log(f"  {spec.name} {fmt:10s} training   {_summary(tart)}  ({time.perf_counter() - t0:.1f}s)")
 
 
 def _random_like(inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -120,7 +154,7 @@ def _gate_inference(exporter, art, bundle, model, sets, job) -> Validation:
     if not ok:
         return _structural(exporter, art, job, why)
     runner = open_inference(art.format, bundle / art.path, art, threads=1)
-    return _require(validate_inference(model, runner, sets, INFERENCE_TOLERANCE[art.format],
+    return _require(validate_inference(model, runner, sets, get_format(art.format).inference_tolerance,
                                        labels=["random"] + [f"given_{i}" for i in range(len(sets) - 1)]), art)
 
 
@@ -129,7 +163,8 @@ def _gate_training(exporter, art, bundle, model, spec, batches, steps, job) -> V
     if not ok:
         return _structural(exporter, art, job, why)
     runner = open_training(art.format, bundle / art.path, art, threads=1)
-    return _require(validate_training(model, spec, runner, batches, steps=steps), art)
+    return _require(validate_training(model, spec, runner, batches, steps=steps,
+                                      tolerance=get_format(art.format).training_tolerance), art)
 
 
 def _structural(exporter, art: Artifact, job: ExportJob, why: str) -> Validation:

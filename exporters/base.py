@@ -6,7 +6,6 @@ through the runtime's runner) and knows nothing about methods.
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from exporters.manifest import Artifact, Validation
+from dcl_core.bundle import Artifact, Validation
+from exporters.formats import get_format
 from exporters.spec import TrainingSpec
 
 
@@ -50,25 +50,12 @@ class Exporter(ABC):
 
     def runnable_here(self, kind: str) -> tuple[bool, str]:
         """Whether this machine can run the artifact for numeric validation, and why not."""
-        return True, ""
+        return get_format(self.format).runs_here()
 
     def validate_structure(self, artifact: Artifact, job: ExportJob) -> Validation:
         """Checks for formats that cannot run here (Core ML on Linux)."""
         raise NotImplementedError
 
 
-_EXPORTERS = {
-    "executorch": ("exporters.executorch", "ExecuTorchExporter"),
-    "onnx": ("exporters.onnx", "OnnxExporter"),
-    "tflite": ("exporters.tflite", "TFLiteExporter"),
-    "coreml": ("exporters.coreml", "CoreMLExporter"),
-}
-
-
 def get_exporter(fmt: str) -> Exporter:
-    from toolkit.errors import ExportError
-
-    if fmt not in _EXPORTERS:
-        raise ExportError(f"unknown format {fmt!r}; known formats: {', '.join(_EXPORTERS)}")
-    module, cls = _EXPORTERS[fmt]
-    return getattr(importlib.import_module(module), cls)()
+    return get_format(fmt).load_exporter()

@@ -10,25 +10,19 @@ from typing import Literal
 import torch
 from torch import nn
 
-DTYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32"}
+from dcl_core.bundle import TensorSpec
+from dcl_core.errors import ExportError
 
+DTYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32"}  # names used in manifests
 
-@dataclass
-class TensorSpec:
-    name: str
-    shape: list[int]
-    dtype: str  # "float32" | "int64" | "int32"
-
-    @staticmethod
-    def of(name: str, t: torch.Tensor) -> "TensorSpec":
-        return TensorSpec(name, list(t.shape), DTYPES[t.dtype])
+__all__ = ["TensorSpec", "TrainingSpec", "loss_fn"]
 
 
 @dataclass
 class TrainingSpec:
     """The on-device training program: loss(model(*inputs), target), then one optimizer step.
 
-    trainable: parameter names or module-path prefixes (e.g. "b." for a whole submodule) that
+    trainable: parameter names or module-path prefixes (e.g. "f_d." for a whole submodule) that
     learn; every other parameter is frozen inside the program. bn: "frozen" keeps BatchNorm in
     eval mode (running statistics fixed, affine parameters still train if trainable); "train"
     normalises with batch statistics like PyTorch's train mode (supported where a format can).
@@ -52,10 +46,20 @@ class TrainingSpec:
         chosen = [n for n in chosen if not any(n == f or n.startswith(f if f.endswith(".") else f + ".")
                                                for f in self.frozen)]
         if not chosen:
-            from toolkit.errors import ExportError
             raise ExportError(f"training spec selects no parameter (trainable={self.trainable}); "
                               f"parameter names start with: {sorted({n.split('.')[0] for n in names})}")
         return chosen
+
+    def batch_statistics_layers(self, model: nn.Module, trainable: list[str] | None = None) -> set[str]:
+        """The one BatchNorm rule every format and the PyTorch reference follow: with bn="train" a
+        BatchNorm whose own weight trains normalises with batch statistics; every other BatchNorm
+        (frozen parts included, and all of them with bn="frozen") uses its running statistics."""
+        if self.bn != "train":
+            return set()
+        chosen = set(trainable if trainable is not None else self.trainable_names(model))
+        return {name for name, m in model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+                and f"{name}.weight" in chosen}
 
     def optimizer_record(self) -> dict:
         return {"name": self.optimizer, "lr": self.lr, "momentum": self.momentum,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from toolkit.errors import ConfigError
+from dcl_core.errors import ConfigError
 
 TARGETS_FILE = Path(__file__).with_name("targets.toml")
 

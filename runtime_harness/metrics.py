@@ -95,13 +95,14 @@ class LatencyStats:
     note: str = ""
 
 
-def percentile(sorted_samples: Sequence[float], p: float) -> float:
+def percentile(samples: Sequence[float], p: float) -> float:
     """Nearest-rank percentile: always a latency that was actually observed (MLPerf LoadGen style),
-    so p99 of 100 runs is the 99th fastest run, not an interpolation between two runs."""
-    if not sorted_samples:
+    so p99 of 100 runs is the 99th fastest run, not an interpolation between two runs. That is
+    numpy's "inverted_cdf" method (the k-th smallest with k = ceil(p/100 * n), at least 1), not its
+    default linear interpolation."""
+    if len(samples) == 0:
         raise ValueError("percentile of no samples")
-    k = math.ceil(p / 100.0 * len(sorted_samples))
-    return float(sorted_samples[min(max(k, 1), len(sorted_samples)) - 1])
+    return float(np.percentile(samples, p, method="inverted_cdf"))
 
 
 def latency_stats(samples_s: Sequence[float], source: str = WALL_CLOCK, note: str = "") -> LatencyStats:

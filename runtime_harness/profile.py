@@ -2,7 +2,8 @@
 
 Host: each artifact runs in its runtime's Python bindings (latency loop, fresh-process peak RSS,
 energy `estimated:model` since the host has no power counters), plus PyTorch eager on the same
-program as the baseline for ratios, when the bundle records the run it came from.
+program as the baseline for ratios, when the caller hands one in per program (`Baseline`: the
+harness reads bundles, never run directories; the CLI asks the run's method for them).
 adb: inference artifacts run with the runtime's official command-line tool on the device.
 Training artifacts on Android need the demo app's entry point (not built yet) and are reported
 as not measured, with that reason. A device error mid-run saves the partial results, marked.
@@ -14,18 +15,29 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from torch import nn
 
-from exporters.manifest import Artifact, Manifest, load_manifest, tool_versions
+from dcl_core.bundle import Artifact, Program, load_manifest
+from dcl_core.errors import DeviceError
+from exporters.formats import get_format, tool_versions
+from exporters.reference import PyTorchInference, PyTorchTraining
+from exporters.runner import open_inference, open_training
 from exporters.spec import TrainingSpec
 from exporters.targets import get_target
 from runtime_harness import metrics
 from runtime_harness.devices.host import host_info, peak_rss_of_artifact
-from runtime_harness.report import ArtifactResult, ProfileResults, write_outputs
-from runtime_harness.runners import open_inference, open_training
-from toolkit.errors import DeviceError
+from runtime_harness.report.results import ArtifactResult, ProfileResults, write_outputs
 
-NOT_ON_LINUX = {"coreml": "Core ML runs only on macOS/iOS; profile it with the ios_demo app"}
 DTYPES = {"float32": np.float32, "int64": np.int64, "int32": np.int32}
+EAGER = "pytorch eager"
+
+
+@dataclasses.dataclass
+class Baseline:
+    """A bundle program in PyTorch eager: what every runtime is measured against."""
+
+    model: nn.Module
+    training: TrainingSpec | None = None
 
 
 @dataclasses.dataclass
@@ -37,9 +49,9 @@ class ProfilePlan:
     warmup: int = 3
 
 
-def num_classes(manifest: Manifest) -> int:
-    """Classes of the bundle's model: the last dimension of an inference artifact's output."""
-    for a in manifest.artifacts:
+def num_classes(program: Program) -> int:
+    """Classes of a program's model: the last dimension of an inference artifact's output."""
+    for a in program.artifacts:
         if a.kind == "inference" and a.outputs and a.outputs[0].shape:
             return max(int(a.outputs[0].shape[-1]), 2)
     return 2
@@ -60,28 +72,11 @@ def synthetic_inputs(art: Artifact, classes: int, seed: int = 0) -> dict[str, np
     return out
 
 
-def _pytorch_baseline(manifest: Manifest) -> tuple[object, TrainingSpec | None] | None:
-    """The same device program in PyTorch eager, from the run the bundle records (DC-CCL)."""
-    run_dir = manifest.extra.get("run_dir")
-    if manifest.method != "dcccl" or not run_dir or not Path(run_dir).is_dir():
-        return None
-    from exporters.methods.dcccl import device_program
-
-    _, model, _ = device_program(run_dir)
-    train = next((a for a in manifest.artifacts if a.kind == "training"), None)
-    spec = None
-    if train is not None and train.optimizer:
-        o = train.optimizer
-        spec = TrainingSpec(trainable=list(train.trainable), loss=train.loss or "cross_entropy", lr=o["lr"],
-                            momentum=o["momentum"], weight_decay=o["weight_decay"])
-    return model, spec
-
-
 def _host_artifact(bundle: Path, art: Artifact, plan: ProfilePlan, target, classes: int) -> ArtifactResult:
     path = bundle / art.path
-    if art.format in NOT_ON_LINUX:
-        return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes,
-                                     f"not runnable here: {NOT_ON_LINUX[art.format]}")
+    ok, why = get_format(art.format).runs_here()
+    if not ok:
+        return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes, f"not runnable here: {why}")
     inputs = synthetic_inputs(art, classes)
     opener: Callable = open_inference if art.kind == "inference" else open_training
     open_runner = lambda: opener(art.format, path, art, plan.threads)  # noqa: E731
@@ -95,34 +90,32 @@ def _host_artifact(bundle: Path, art: Artifact, plan: ProfilePlan, target, class
     return ArtifactResult.from_profile(art.name, art.format, art.kind, art.sha256, art.bytes, prof, rss, plan.threads)
 
 
-def _eager_results(manifest: Manifest, plan: ProfilePlan, target) -> list[ArtifactResult]:
-    from runtime_harness.runners.pytorch import PyTorchInference, PyTorchTraining
-
-    base = _pytorch_baseline(manifest)
-    if base is None:
-        return []
-    model, spec = base
+def _eager_results(program: Program, base: Baseline, plan: ProfilePlan, target) -> list[ArtifactResult]:
+    """PyTorch eager on the program's inference and (where exported) training step."""
     out = []
-    inf = next((a for a in manifest.artifacts if a.kind == "inference"), None)
+    classes = num_classes(program)
+    unmeasured = metrics.Measurement.unavailable("bytes", "baseline: not measured in a fresh process")
+    inf = next((a for a in program.artifacts if a.kind == "inference"), None)
     if inf is not None:
-        prof = metrics.profile_inference(lambda: PyTorchInference(model, plan.threads), synthetic_inputs(inf, num_classes(manifest)),
-                                         plan.runs, plan.min_duration_s, plan.warmup, target)
-        out.append(ArtifactResult.from_profile("pytorch_eager", "pytorch", "inference", "", 0, prof,
-                                               metrics.Measurement.unavailable("bytes", "baseline: not measured in a fresh process"),
-                                               plan.threads, "pytorch eager"))
-    tr = next((a for a in manifest.artifacts if a.kind == "training" and a.format != "coreml"), None)
-    if tr is not None and spec is not None:
-        prof = metrics.profile_training(lambda: PyTorchTraining(model, spec, threads=plan.threads),
-                                        synthetic_inputs(tr, num_classes(manifest)), plan.runs, plan.min_duration_s, 2, target)
-        out.append(ArtifactResult.from_profile("pytorch_eager_train", "pytorch", "training", "", 0, prof,
-                                               metrics.Measurement.unavailable("bytes", "baseline: not measured in a fresh process"),
-                                               plan.threads, "pytorch eager"))
+        prof = metrics.profile_inference(lambda: PyTorchInference(base.model, plan.threads),
+                                         synthetic_inputs(inf, classes), plan.runs, plan.min_duration_s, plan.warmup,
+                                         target)
+        out.append(ArtifactResult.from_profile(f"{program.name}_pytorch_eager", "pytorch", "inference", "", 0, prof,
+                                               unmeasured, plan.threads, EAGER))
+    tr = next((a for a in program.artifacts if a.kind == "training" and get_format(a.format).runs_here()[0]), None)
+    if tr is not None and base.training is not None:
+        prof = metrics.profile_training(lambda: PyTorchTraining(base.model, base.training, threads=plan.threads),
+                                        synthetic_inputs(tr, classes), plan.runs, plan.min_duration_s, 2, target)
+        out.append(ArtifactResult.from_profile(f"{program.name}_pytorch_eager_train", "pytorch", "training", "", 0,
+                                               prof, unmeasured, plan.threads, EAGER))
     return out
 
 
 def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: ProfilePlan = ProfilePlan(),
-                   log=print) -> ProfileResults:
-    """Profile every artifact; writes results.json and report.html into out_dir (also when partial)."""
+                   baselines: dict[str, Baseline] | None = None, log=print) -> ProfileResults:
+    """Profile every artifact of every program, and on the host each program's PyTorch eager
+    baseline where one is given; writes results.json and report.html into out_dir (also when
+    partial)."""
     bundle = Path(bundle)
     manifest = load_manifest(bundle)  # sha256-verified: a corrupt bundle stops here
     if device == "host":
@@ -135,15 +128,17 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
         target = None
     results = ProfileResults(device=info, tool_versions=tool_versions(), target=manifest.target, bundle=str(bundle))
     try:
-        for art in manifest.artifacts:
-            log(f"  profiling {art.name} ({art.format} {art.kind}) on {info.kind}")
-            if device == "host":
-                results.artifacts.append(_host_artifact(bundle, art, plan, target, num_classes(manifest)))
-            else:
-                results.artifacts.append(_adb_artifact(adb, bundle, art, plan))
-        if device == "host":
-            log("  profiling the PyTorch eager baseline")
-            results.artifacts.extend(_eager_results(manifest, plan, target))
+        for program in manifest.programs:
+            for art in program.artifacts:
+                log(f"  profiling {art.name} ({art.format} {art.kind}) on {info.kind}")
+                if device == "host":
+                    results.artifacts.append(_host_artifact(bundle, art, plan, target, num_classes(program)))
+                else:
+                    results.artifacts.append(_adb_artifact(adb, bundle, art, plan))
+            base = (baselines or {}).get(program.name)
+            if device == "host" and base is not None:
+                log(f"  profiling {program.name} in PyTorch eager (the baseline)")
+                results.artifacts.extend(_eager_results(program, base, plan, target))
     except DeviceError as e:
         results.mark_partial(str(e))
         write_outputs(results, out_dir)
@@ -159,8 +154,9 @@ def _adb_artifact(adb, bundle: Path, art: Artifact, plan: ProfilePlan) -> Artifa
         return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes,
                                      "not measured: Android's command-line tools run inference only; "
                                      "training steps need the android_demo app's benchmark entry point")
-    if art.format == "coreml":
+    fmt = get_format(art.format)
+    if "android" not in fmt.devices:
         return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes,
-                                     "not runnable on Android: Core ML is iOS/macOS only")
+                                     f"not runnable on Android: {fmt.display} runs on {', '.join(fmt.devices)}")
     run = adb.benchmark(art.format, bundle / art.path, RunPlan(plan.runs, plan.warmup, plan.min_duration_s, plan.threads))
     return ArtifactResult.from_android(art.name, art.format, art.sha256, art.bytes, run, plan.threads)

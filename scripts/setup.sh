@@ -36,6 +36,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
   # foolbox only for its 20 sample images per dataset; --no-deps since its code is never imported
   .venv/bin/pip install -q --no-deps foolbox==3.3.4 2>&1 | grep -v "is ignored" || true
+  # PyPI's torch is a CUDA build that pulls in triton (a GPU kernel compiler). dcl runs on CPUs,
+  # and triton 3.7's native library segfaults when loaded after TensorFlow (coremltools imports
+  # torchao, which imports triton): without it torch simply reports no triton.
+  .venv/bin/pip uninstall -y -q triton 2>/dev/null || true
   .venv/bin/python -c "import toolkit, torch, executorch, onnxruntime, tensorflow, coremltools" 2>/dev/null \
     || { log "the virtual environment is incomplete; see the pip output above"; exit 1; }
   echo "$want" > "$stamp"

@@ -8,8 +8,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from toolkit.data.scenarios import ScenarioConfig, build_dcccl_scenario
 from toolkit.distributed import context, shutdown
+from toolkit.methods.dcccl.scenario import ScenarioConfig, build_dcccl_scenario
 from toolkit.models import MobileCNN
 from toolkit.train import OptimConfig, Supervised, fit
 

@@ -3,7 +3,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import assert_one_line_error, run_dcl
 
 RESULT_KEYS = {"cloud_only", "device_only", "dcccl_mimic", "dcccl_oracle"}
@@ -79,21 +78,21 @@ def test_import_weights_roundtrip_and_errors(tiny_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(tiny_run[0], out)
     f_d = load_file(str(out / "checkpoints" / "f_d.safetensors"))
-    # what a runtime returns: trainable parameters of the device program, "b."-prefixed
-    returned = {f"b.{k}": v + 0.5 for k, v in f_d.items() if "running" not in k and "num_batches" not in k}
+    # what a runtime returns: trainable parameters of the device program, "f_d."-prefixed
+    returned = {f"f_d.{k}": v + 0.5 for k, v in f_d.items() if "running" not in k and "num_batches" not in k}
     save_file(returned, str(tmp_path / "w.safetensors"))
     proc = run_dcl("import-weights", str(out), str(tmp_path / "w.safetensors"))
     assert proc.returncode == 0, proc.stderr
     got = load_file(str(out / "checkpoints" / "f_d_imported.safetensors"))
     for k, v in returned.items():
-        assert (got[k[2:]] == v).all()
+        assert (got[k.removeprefix("f_d.")] == v).all()
     assert (got["features.0.1.running_mean"] == f_d["features.0.1.running_mean"]).all()
 
     np.savez(tmp_path / "w.npz", **{k: v.numpy() for k, v in returned.items()})
     assert run_dcl("import-weights", str(out), str(tmp_path / "w.npz"), "--name", "npz").returncode == 0
 
     bad = dict(returned)
-    bad["b.classifier.weight"] = bad["b.classifier.weight"][:, :3].contiguous()
+    bad["f_d.classifier.weight"] = bad["f_d.classifier.weight"][:, :3].contiguous()
     save_file(bad, str(tmp_path / "bad.safetensors"))
     assert_one_line_error(run_dcl("import-weights", str(out), str(tmp_path / "bad.safetensors")), "shape")
     assert_one_line_error(run_dcl("import-weights", str(out), str(tmp_path / "none.safetensors")), "does not exist")

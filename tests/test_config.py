@@ -1,7 +1,7 @@
 import pytest
-
 from conftest import assert_one_line_error, run_dcl
-from toolkit.errors import ConfigError
+
+from dcl_core.errors import ConfigError
 from toolkit.methods.dcccl import load_config
 
 

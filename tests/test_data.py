@@ -1,10 +1,10 @@
-import torch
 import pytest
-
+import torch
 from conftest import assert_one_line_error, run_dcl
+
+from dcl_core.errors import DataMissingError
 from toolkit.data import load_fashion_mnist, load_mnist_digits
-from toolkit.data.scenarios import ScenarioConfig, build_dcccl_scenario, device_class_assignment
-from toolkit.errors import DataMissingError
+from toolkit.methods.dcccl.scenario import ScenarioConfig, build_dcccl_scenario, device_class_assignment
 
 
 def test_fashion_mnist_from_debian_package():
@@ -46,7 +46,7 @@ def test_devices_never_share_a_digit_sample_and_tests_are_held_out():
 
 
 def test_class_assignment_covers_all_digits_with_skew():
-    a = device_class_assignment(4, 5)
+    a = device_class_assignment(4, 5, 10)
     assert a[0] == [0, 1, 2, 3, 4] and a[3] == [7, 8, 9, 0, 1]
     assert set().union(*map(set, a)) == set(range(10))
 

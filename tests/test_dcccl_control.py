@@ -4,9 +4,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from toolkit.methods.dcccl.rounds import average_states
+from runtime_harness.fleet.engine import weighted_average as average_states
+from toolkit.methods.dcccl.objectives import Controlled
 from toolkit.models import MobileCNN, PadLogits
-from toolkit.train import Controlled, Distill, frozen
+from toolkit.train import Distill, frozen
 
 
 def _grads(module, loss):

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT, TINY_TOML
+from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("ddp_fit_worker.py")
 ENV = dict(os.environ, DCL_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")

@@ -19,19 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import exporters
+from dcl_core.bundle import load_manifest
+from dcl_core.errors import DeviceError, ExportError
 from exporters.base import ExportJob
-from exporters.coreml import CoreMLExporter, main_ops
-from exporters.examples import embedding_mlp, fused_cnn
-from exporters.manifest import load_manifest
-from exporters.validate import reference_training
-from toolkit.errors import DeviceError, ExportError
+from exporters.coreml.exporter import CoreMLExporter, main_ops
+from exporters.gate import reference_training
+from toolkit.models.examples import embedding_mlp, fused_cnn
 
 ct = pytest.importorskip("coremltools")
 QUIET = dict(log=lambda *a: None)
 
 
 def _export(example, out: Path, training: bool):
-    return exporters.export(example.model, example.inputs, formats=["coreml"], out_dir=out,
+    return exporters.export_model(example.model, example.inputs, formats=["coreml"], out_dir=out,
                             training=example.spec if training else None, input_names=example.input_names,
                             output_names=example.output_names, train_batches=example.batches, **QUIET)
 
@@ -77,8 +77,8 @@ def test_fused_cnn_training_is_refused_with_the_reason(tmp_path):
     the exporter refuses, and the bundle records it (inference still exported) instead of hiding it."""
     import re
 
-    from exporters.coreml import CoreMLExporter
     from exporters.base import ExportJob
+    from exporters.coreml.exporter import CoreMLExporter
 
     ex = fused_cnn()
     b = ex.batches[0]
@@ -213,7 +213,7 @@ def test_relu_cnn_updates_its_last_conv_and_head(tmp_path):
     model, g = _relu_cnn(), torch.Generator().manual_seed(1)
     batches = [{"x": torch.rand(4, 1, 28, 28, generator=g), "y": torch.randint(0, 5, (4,), generator=g)}]
     spec = exporters.TrainingSpec(trainable=["3", "8"], lr=0.05, momentum=0.9, batch_size=4)
-    manifest = exporters.export(model, (batches[0]["x"][:1],), formats=["coreml"], out_dir=tmp_path / "b",
+    manifest = exporters.export_model(model, (batches[0]["x"][:1],), formats=["coreml"], out_dir=tmp_path / "b",
                                 training=spec, output_names=["logits"], train_batches=batches, **QUIET)
     art = manifest.artifact("model_coreml_train")
     assert art.trainable == ["3.weight", "3.bias", "8.weight", "8.bias"] and art.validation.passed
@@ -233,11 +233,11 @@ def test_unsupported_training_specs_raise_one_line(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the refusal off macOS")
 def test_runners_refuse_off_macos(mlp):
-    from runtime_harness.runners import open_inference, open_training
+    from exporters.runner import open_inference, open_training
 
     ex, out, manifest = mlp
     for open_runner, art in ((open_inference, manifest.artifacts[0]), (open_training, manifest.artifacts[1])):
-        with pytest.raises(DeviceError, match="Core ML cannot run on Linux"):
+        with pytest.raises(DeviceError, match="Core ML runs only on macOS"):
             open_runner("coreml", out / art.path, art)
     assert CoreMLExporter().runnable_here("inference")[0] is False
 
@@ -245,7 +245,7 @@ def test_runners_refuse_off_macos(mlp):
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction runs only on macOS")
 @pytest.mark.parametrize("make", [fused_cnn, embedding_mlp])
 def test_prediction_matches_pytorch(make, tmp_path):
-    from runtime_harness.runners import open_inference
+    from exporters.runner import open_inference
 
     ex = make()
     manifest = _export(ex, tmp_path / "b", training=False)

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_dcl
 from safetensors.torch import load_file, save_file
 
-from conftest import assert_one_line_error, run_dcl
-from exporters.manifest import load_manifest
-from runtime_harness.runners import open_training
+from dcl_core.bundle import load_manifest
+from exporters.runner import open_training
 
 ARTIFACT_KEYS = {"name", "path", "format", "kind", "sha256", "bytes", "inputs", "outputs", "trainable", "loss",
                  "optimizer", "validation"}
@@ -18,16 +18,18 @@ def test_manifest_contract(bundle):
     out, printed = bundle
     raw = json.loads((out / "manifest.json").read_text())
     assert raw == printed
-    assert raw["format_version"] == 1 and raw["method"] == "dcccl" and raw["target"] == "host"
+    assert raw["format_version"] == 2 and raw["method"] == "dcccl" and raw["target"] == "host"
     assert raw["created"] and raw["tool_versions"]["executorch"] == "1.5.1"
     assert raw["tool_versions"]["onnxruntime-training"] == "1.19.2"
-    kinds = {(a["format"], a["kind"]) for a in raw["artifacts"]}
+    (program,) = raw["programs"]  # DC-CCL ships one program
+    assert program["name"] == "device_step" and program["extra"]["num_classes"] == 20
+    kinds = {(a["format"], a["kind"]) for a in program["artifacts"]}
     for fmt in ("executorch", "onnx", "tflite"):
         assert {(fmt, "inference"), (fmt, "training")} <= kinds
     assert ("coreml", "inference") in kinds
     # Core ML cannot express the controlled step: recorded with its reason, never silently dropped
-    assert [(e["format"], e["kind"]) for e in raw["not_exported"]] == [("coreml", "training")]
-    for a in raw["artifacts"]:
+    assert [(e["format"], e["kind"]) for e in program["not_exported"]] == [("coreml", "training")]
+    for a in program["artifacts"]:
         assert ARTIFACT_KEYS <= set(a)
         v = a["validation"]
         assert v["passed"] is True
@@ -39,7 +41,7 @@ def test_manifest_contract(bundle):
         else:
             assert v["checked"] and v["steps"] >= 10 and v["max_rel_loss_diff"] <= 1e-4
             assert v["max_rel_weight_diff"] <= 1e-4
-            assert a["trainable"] and all(n.startswith("b.") for n in a["trainable"])  # f_d only; g frozen
+            assert a["trainable"] and all(n.startswith("f_d.") for n in a["trainable"])  # f_d only; g frozen
             assert a["loss"] == "cross_entropy" and a["optimizer"]["name"] == "sgd"
     load_manifest(out)  # every file's sha256 verifies
 
@@ -66,10 +68,10 @@ def test_trained_weights_come_back_and_import_into_the_run(bundle, tiny_run, tmp
     assert proc.returncode == 0, proc.stderr
     got = load_file(str(run / "checkpoints" / f"f_d_{fmt}.safetensors"))
     before = load_file(str(run / "checkpoints" / "f_d.safetensors"))
-    changed = [k for k in art.trainable if not torch.equal(got[k[2:]], before[k[2:]])]
+    changed = [k for k in art.trainable if not torch.equal(got[k.removeprefix("f_d.")], before[k.removeprefix("f_d.")])]
     assert changed  # training moved f_d, and what moved is what came back
     for k in art.trainable:
-        assert torch.equal(got[k[2:]], weights[k].reshape(got[k[2:]].shape))
+        assert torch.equal(got[k.removeprefix("f_d.")], weights[k].reshape(got[k.removeprefix("f_d.")].shape))
 
 
 def test_export_unknown_formats_and_missing_run(tiny_run, tmp_path):
@@ -83,9 +85,9 @@ def test_export_unknown_formats_and_missing_run(tiny_run, tmp_path):
 def test_simulate_in_a_runtime_agrees_with_pytorch(tiny_run):
     """Every device's controlled step runs inside the ONNX Runtime training artifact, weights come
     back through the runtime, the cloud merges; the same simulation in PyTorch agrees."""
-    proc = run_dcl("simulate", "dcccl", str(tiny_run[0]), "--runtime", "onnxruntime", "--devices", "2",
+    proc = run_dcl("simulate", str(tiny_run[0]), "--runtime", "onnxruntime", "--devices", "2",
                    "--rounds", "1", "--epochs", "1", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout)
-    assert res["steps"] > 0 and set(res["accuracy"]) == {"pytorch", "onnxruntime"}
+    assert res["steps"] > 0 and set(res["accuracy"]) == {"pytorch", "onnx"}  # the canonical format name
     assert res["union_gap"] <= 0.5

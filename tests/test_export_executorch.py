@@ -15,21 +15,21 @@ import torch
 from torch import nn
 
 import exporters
+from dcl_core.bundle import Manifest, describe_files, load_manifest
+from dcl_core.errors import BundleError, ExportError
 from exporters.base import ExportJob
-from exporters.examples import Example, embedding_mlp, fused_cnn
-from exporters.executorch import ExecuTorchExporter
-from exporters.manifest import Manifest, describe_files, load_manifest
+from exporters.executorch.exporter import ExecuTorchExporter
+from exporters.gate import validate_training
+from exporters.reference import PyTorchTraining
+from exporters.runner import open_inference, open_training
 from exporters.spec import TrainingSpec, loss_fn
-from exporters.validate import validate_training
-from runtime_harness.runners import open_inference, open_training
-from runtime_harness.runners.pytorch import PyTorchTraining
-from toolkit.errors import BundleError, ExportError
+from toolkit.models.examples import Example, embedding_mlp, fused_cnn
 
 TOL = 1e-4
 
 
 def _export(example: Example, out_dir: Path) -> Manifest:
-    return exporters.export(example.model, example.inputs, formats=["executorch"], out_dir=out_dir,
+    return exporters.export_model(example.model, example.inputs, formats=["executorch"], out_dir=out_dir,
                             training=example.spec, input_names=example.input_names,
                             output_names=example.output_names, train_batches=example.batches,
                             log=lambda *a: None)
@@ -71,9 +71,9 @@ def test_fused_cnn_verified(cnn):
     inf = m.artifact("model_executorch")
     assert inf.details["portable_ops"] == [], "the whole CNN should run in the XNNPACK delegate"
     tr = m.artifact("model_executorch_train")
-    # the frozen mimic "a." is baked in; only the device CNN "b." trains
+    # the frozen mimic "frozen." is baked in; only the device CNN "trainable." trains
     assert set(tr.details["parameters"].values()) == set(ex.spec.trainable_names(ex.model))
-    assert all(n.startswith("b.") for n in tr.details["parameters"].values())
+    assert all(n.startswith("trainable.") for n in tr.details["parameters"].values())
 
 
 def test_embedding_mlp_verified(mlp):
@@ -131,7 +131,7 @@ def test_set_weights_reaches_the_runtime(cnn):
         ref = params[n].grad.numpy()
         assert np.max(np.abs(grads[n] - ref)) <= TOL * max(1.0, float(np.max(np.abs(ref)))), n
     with pytest.raises(BundleError, match="not trainable"):
-        runner.set_weights({"a.model.classifier.weight": np.zeros((10, 32), np.float32)})
+        runner.set_weights({"frozen.model.classifier.weight": np.zeros((10, 32), np.float32)})
 
 
 def _pytorch_running_stats(model: nn.Module, spec: TrainingSpec, batches, steps: int) -> dict[str, np.ndarray]:
@@ -155,7 +155,7 @@ def test_bn_train_with_external_weights(tmp_path):
     assert len(files) == 2
     # trainable weights live in the .ptd, not the program
     assert (folder / art.details["data"]).stat().st_size > sum(
-        p.numel() * 4 for n, p in ex.model.named_parameters() if n.startswith("b."))
+        p.numel() * 4 for n, p in ex.model.named_parameters() if n.startswith("trainable."))
 
     runner = open_training("executorch", folder, art, threads=1)
     v = validate_training(ex.model, spec, runner, ex.batches, steps=10)
@@ -164,7 +164,7 @@ def test_bn_train_with_external_weights(tmp_path):
     # running statistics were initialised from the model and updated like PyTorch's
     ref = _pytorch_running_stats(ex.model, spec, ex.batches, 10)
     got = runner.buffers()
-    assert set(got) == {n for n in ref if n.startswith("b.")}
+    assert set(got) == {n for n in ref if n.startswith("trainable.")}
     for n, r in got.items():
         assert np.max(np.abs(r - ref[n])) <= TOL, n
 

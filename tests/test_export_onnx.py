@@ -20,20 +20,20 @@ from onnxruntime.training.api import CheckpointState
 from torch import nn
 
 import exporters
-from exporters.examples import Example, embedding_mlp, fused_cnn
-from exporters.manifest import Manifest
-from exporters.onnx import export_inference_from_checkpoint
+from dcl_core.bundle import Manifest
+from dcl_core.errors import BundleError, ExportError
+from exporters.onnx.exporter import export_inference_from_checkpoint
+from exporters.reference import set_train_modes
+from exporters.runner import open_training
 from exporters.spec import loss_fn
-from exporters.validate import set_train_modes
-from runtime_harness.runners import open_training
-from toolkit.errors import ExportError
+from toolkit.models.examples import Example, embedding_mlp, fused_cnn
 
 EXAMPLES = {"cnn": fused_cnn, "emb": embedding_mlp}
 
 
 def _export(example: Example, out: Path, **spec_changes) -> Manifest:
     spec = dataclasses.replace(example.spec, **spec_changes)
-    return exporters.export(example.model, example.inputs, formats=["onnx"], out_dir=out, training=spec,
+    return exporters.export_model(example.model, example.inputs, formats=["onnx"], out_dir=out, training=spec,
                             input_names=example.input_names, output_names=example.output_names,
                             train_batches=example.batches, log=lambda *a: None)
 
@@ -106,14 +106,15 @@ def test_only_trainable_parameters_are_in_the_checkpoint(bundles):
     state = CheckpointState.load_checkpoint(path / art.path / "checkpoint")
     names = {n for n, _ in state.parameters}
     assert names == set(example.spec.trainable_names(example.model)) == set(art.trainable)
-    assert all(n.startswith("b.") for n in names)  # the mimic "a." is baked in as constants
+    assert all(n.startswith("trainable.") for n in names)  # the mimic "frozen." is baked in as constants
 
 
 @pytest.mark.parametrize("key", EXAMPLES)
 def test_set_get_weights_round_trip(bundles, key):
     example, path, art = _training(bundles[key])
     # a runner opened from the manifest JSON (what an app or `dcl` reads) works the same
-    record = next(a for a in json.loads((path / "manifest.json").read_text())["artifacts"] if a["kind"] == "training")
+    record = next(a for a in json.loads((path / "manifest.json").read_text())["programs"][0]["artifacts"]
+                  if a["kind"] == "training")
     runner = open_training("onnx", path / art.path, record)
     start = runner.get_weights()
     params = dict(example.model.named_parameters())
@@ -124,9 +125,9 @@ def test_set_get_weights_round_trip(bundles, key):
     runner.set_weights(changed)
     for name, w in runner.get_weights().items():
         np.testing.assert_array_equal(w, changed[name])
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(BundleError, match="shape"):
         runner.set_weights({next(iter(start)): np.zeros((1, 2, 3), np.float32)})
-    with pytest.raises(ValueError, match="not trainable"):
+    with pytest.raises(BundleError, match="not trainable"):
         runner.set_weights({"nope.weight": np.zeros(1, np.float32)})
 
 
@@ -138,7 +139,7 @@ def test_gradients_match_pytorch(bundles, key):
     batch = example.batches[0]
     runner.train_step(_inputs(batch))
     model = copy.deepcopy(example.model)
-    set_train_modes(model, art.trainable, example.spec.bn)
+    set_train_modes(model, example.spec, art.trainable)
     inputs = [v for k, v in batch.items() if k != "y"]
     loss_fn(example.spec.loss)(model(*inputs), batch["y"]).backward()
     params = dict(model.named_parameters())
@@ -213,7 +214,7 @@ def test_mse_with_batchnorm1d_and_hardsigmoid(tmp_path):
         model[1].running_mean.uniform_(-0.5, 0.5)
         model[1].running_var.uniform_(0.5, 1.5)
     batches = [{"x": torch.rand(4, 6), "y": torch.rand(4, 3)} for _ in range(3)]
-    manifest = exporters.export(model, (torch.rand(1, 6),), formats=["onnx"], out_dir=tmp_path / "b",
+    manifest = exporters.export_model(model, (torch.rand(1, 6),), formats=["onnx"], out_dir=tmp_path / "b",
                                 training=exporters.TrainingSpec(trainable=["0", "1"], loss="mse", lr=0.1),
                                 train_batches=batches, output_names=["out"], log=lambda *a: None)
     v = manifest.artifacts[1].validation
@@ -235,7 +236,7 @@ def test_op_without_ort_gradient_is_named(tmp_path):
     model = _FunctionalHardswish().eval()
     batches = [{"x": torch.rand(2, 4), "y": torch.tensor([0, 2])}]
     with pytest.raises(ExportError, match="no gradient for op HardSwish"):
-        exporters.export(model, (torch.rand(1, 4),), formats=["onnx"], out_dir=tmp_path / "b",
+        exporters.export_model(model, (torch.rand(1, 4),), formats=["onnx"], out_dir=tmp_path / "b",
                          training=exporters.TrainingSpec(trainable=["fc"]), train_batches=batches,
                          log=lambda *a: None)
     assert not (tmp_path / "b").exists()

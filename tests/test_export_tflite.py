@@ -16,21 +16,22 @@ from torch import nn
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
-import exporters  # noqa: E402
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-from exporters.examples import _randomise_bn, embedding_mlp, fused_cnn  # noqa: E402
+
+import exporters  # noqa: E402
+from dcl_core.errors import BundleError, ExportError  # noqa: E402
+from exporters.reference import PyTorchTraining  # noqa: E402
+from exporters.runner import open_inference, open_training  # noqa: E402
 from exporters.spec import TrainingSpec  # noqa: E402
-from runtime_harness.runners import open_inference, open_training  # noqa: E402
-from runtime_harness.runners.pytorch import PyTorchTraining  # noqa: E402
-from toolkit.errors import ExportError  # noqa: E402
 from toolkit.models import MobileCNN  # noqa: E402
+from toolkit.models.examples import _randomise_bn, embedding_mlp, fused_cnn  # noqa: E402
 
 TRAIN_SIGNATURES = {"train", "infer", "get_weights", "set_weights"}
 
 
 def _export(example, out: Path, **kw):
-    return exporters.export(example.model, example.inputs, formats=["tflite"], out_dir=out, training=example.spec,
+    return exporters.export_model(example.model, example.inputs, formats=["tflite"], out_dir=out, training=example.spec,
                             input_names=example.input_names, output_names=example.output_names,
                             train_batches=example.batches, log=lambda *a: None, **kw)
 
@@ -65,7 +66,7 @@ def _se_example(bn: str):
 def se_bn_train(tmp_path_factory):
     model, batches, spec = _se_example("train")
     out = tmp_path_factory.mktemp("tflite") / "se"
-    manifest = exporters.export(model, (torch.rand(1, 1, 28, 28),), formats=["tflite"], out_dir=out, training=spec,
+    manifest = exporters.export_model(model, (torch.rand(1, 1, 28, 28),), formats=["tflite"], out_dir=out, training=spec,
                                 train_batches=batches, log=lambda *a: None)
     return model, batches, spec, manifest, out
 
@@ -157,7 +158,7 @@ def test_weights_round_trip_in_pytorch_layout(cnn):
     with torch.no_grad():
         ref = model.eval()(x).numpy()
     np.testing.assert_allclose(runner.infer({"x": x.numpy()})[0], ref, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="lacks trainable"):
+    with pytest.raises(BundleError, match="lacks trainable"):
         runner.set_weights({})
 
 
@@ -223,7 +224,7 @@ def test_layer_variants_train_like_pytorch(tmp_path):
     batches = [{"x": torch.rand(4, 3, 12, 12, generator=g), "y": torch.rand(4, 5, generator=g)} for _ in range(2)]
     spec = TrainingSpec(trainable=["c1", "bn", "dw", "pw", "c2", "fc"], loss="mse", lr=0.1, momentum=0.9,
                         weight_decay=0.01, bn="train")
-    manifest = exporters.export(_Variants().eval(), (torch.rand(1, 3, 12, 12),), formats=["tflite"],
+    manifest = exporters.export_model(_Variants().eval(), (torch.rand(1, 3, 12, 12),), formats=["tflite"],
                                 out_dir=tmp_path / "b", training=spec, train_batches=batches, log=lambda *a: None)
     _assert_validated(manifest)
 
@@ -249,7 +250,7 @@ class _WithFunction(nn.Module):
                                           (_WithFunction(), "tanh")])
 def test_unsupported_layer_is_named(model, named, tmp_path):
     with pytest.raises(ExportError) as err:
-        exporters.export(model, (torch.rand(2, 4),), formats=["tflite"], out_dir=tmp_path / "b", log=lambda *a: None)
+        exporters.export_model(model, (torch.rand(2, 4),), formats=["tflite"], out_dir=tmp_path / "b", log=lambda *a: None)
     message = str(err.value)
     assert named in message and "\n" not in message
     if "layer" in named:

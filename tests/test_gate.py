@@ -5,13 +5,12 @@ of it; tests/test_gate_formats.py perturbs real artifacts of each format.
 """
 import copy
 
-import numpy as np
 import pytest
 import torch
 
-from exporters.examples import embedding_mlp, fused_cnn
-from exporters.validate import validate_inference, validate_training
-from runtime_harness.runners.pytorch import PyTorchInference, PyTorchTraining
+from exporters.gate import validate_inference, validate_training
+from exporters.reference import PyTorchInference, PyTorchTraining
+from toolkit.models.examples import embedding_mlp, fused_cnn
 
 
 class Offset(PyTorchInference):
@@ -34,7 +33,7 @@ def test_inference_gate_refuses_a_perturbed_weight():
     ex = fused_cnn()
     wrong = copy.deepcopy(ex.model)
     with torch.no_grad():
-        wrong.a.model.classifier.bias[0] += 0.01  # a frozen part of the program
+        wrong.frozen.model.classifier.bias[0] += 0.01  # a frozen part of the program
     v = validate_inference(ex.model, PyTorchInference(wrong), [{"x": ex.inputs[0]}], 1e-4)
     assert not v.passed and v.max_abs_diff > 1e-3
 
@@ -59,7 +58,7 @@ def test_training_gate_refuses_a_perturbed_frozen_weight():
     ex = fused_cnn()
     wrong = copy.deepcopy(ex.model)
     with torch.no_grad():
-        wrong.a.model.classifier.bias[:5] += 0.05  # g inside the training program
+        wrong.frozen.model.classifier.bias[:5] += 0.05  # g inside the training program
     v = validate_training(ex.model, ex.spec, PyTorchTraining(wrong, ex.spec), ex.batches, steps=10)
     assert not v.passed and v.max_rel_loss_diff > 1e-4
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import exporters.api as api
+from dcl_core.errors import ValidationError
 from exporters.base import get_exporter
-from exporters.examples import fused_cnn
-from toolkit.errors import ValidationError
+from toolkit.models.examples import fused_cnn
 
 FORMATS = ["executorch", "onnx", "tflite"]
 
@@ -21,7 +21,7 @@ def _perturbing(fmt: str, kind: str):
         def _bad(self, job):
             bad = copy.deepcopy(job.model)
             with torch.no_grad():
-                bad.b.classifier.bias += 0.05
+                bad.trainable.classifier.bias += 0.05
             return dataclasses.replace(job, model=bad)
 
         def export_inference(self, job):
@@ -39,7 +39,7 @@ def test_gate_refuses_a_perturbed_artifact(fmt, kind, tmp_path, monkeypatch):
     ex = fused_cnn()
     monkeypatch.setattr(api, "get_exporter", lambda f: _perturbing(f, kind))
     with pytest.raises(ValidationError, match=f"{fmt} {kind} artifact failed validation"):
-        api.export(ex.model, ex.inputs, formats=[fmt], out_dir=tmp_path / "bundle", training=ex.spec,
+        api.export_model(ex.model, ex.inputs, formats=[fmt], out_dir=tmp_path / "bundle", training=ex.spec,
                    input_names=ex.input_names, output_names=ex.output_names, train_batches=ex.batches,
                    log=lambda *a: None)
     assert list(tmp_path.iterdir()) == []  # no bundle, no temp folder

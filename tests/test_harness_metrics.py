@@ -9,15 +9,26 @@ import numpy as np
 import pytest
 import torch
 
+from exporters.reference import PyTorchInference, PyTorchTraining
+from exporters.spec import TrainingSpec
 from exporters.targets import get_target
 from runtime_harness import metrics
 from runtime_harness.devices.host import host_info, peak_rss_fresh_process, peak_rss_of_artifact
-from runtime_harness.metrics import (BatterySample, Measurement, battery_energy, drift_from_samples, emulator_energy,
-                                     estimate_energy, latency_stats, percentile, profile_inference, profile_training,
-                                     rails_energy, run_sustained, time_runs)
-from runtime_harness.runners.pytorch import PyTorchInference, PyTorchTraining
-from exporters.spec import TrainingSpec
-
+from runtime_harness.metrics import (
+    BatterySample,
+    Measurement,
+    battery_energy,
+    drift_from_samples,
+    emulator_energy,
+    estimate_energy,
+    latency_stats,
+    percentile,
+    profile_inference,
+    profile_training,
+    rails_energy,
+    run_sustained,
+    time_runs,
+)
 
 # ---------------------------------------------------------------------------------------------
 # statistics
@@ -41,6 +52,17 @@ def test_percentile_is_nearest_rank_and_always_an_observed_value():
     assert s.p99_s == 0.050 and s.p50_s == 0.011
     with pytest.raises(ValueError):
         latency_stats([])
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10, 99, 100, 101, 383, 1000])
+def test_percentile_is_the_kth_smallest_run_with_k_ceil_p_n(n):
+    """The nearest-rank definition, rank by rank (numpy's inverted_cdf, not its default linear)."""
+    runs = [(i * 7919 % n) / 1000 for i in range(n)]  # a permutation of 0..n-1 ms: values are their ranks
+    for p in (0, 1, 10, 25, 50, 75, 90, 95, 99, 99.9, 100):
+        k = min(max(math.ceil(p / 100 * n), 1), n)
+        assert percentile(runs, p) == (k - 1) / 1000, (n, p)
 
 
 class FakeClock:

@@ -7,10 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from runtime_harness.parsers import (parse_adb_devices, parse_adb_version, parse_benchmark_model,
-                                     parse_dumpsys_battery, parse_executor_runner, parse_getprop, parse_ort_perf_test,
-                                     parse_powerstats, parse_proc_status, parse_wrapper_output, proc_stat_cpu_s,
-                                     vm_hwm_bytes)
+from runtime_harness.parsers import (
+    parse_adb_devices,
+    parse_adb_version,
+    parse_benchmark_model,
+    parse_dumpsys_battery,
+    parse_executor_runner,
+    parse_getprop,
+    parse_ort_perf_test,
+    parse_powerstats,
+    parse_proc_status,
+    parse_wrapper_output,
+    proc_stat_cpu_s,
+    vm_hwm_bytes,
+)
 
 DATA = Path(__file__).parent / "data" / "android"
 

@@ -10,12 +10,14 @@ import subprocess
 
 import pytest
 
+from dcl_core.errors import DclError
 from runtime_harness.devices.base import DeviceInfo
 from runtime_harness.devices.host import host_info
 from runtime_harness.metrics import LatencyStats, Measurement, drift_from_samples, latency_stats
-from runtime_harness.report import (ArtifactResult, ProfileResults, compare, compare_rows, console_table, html_report,
-                                   load_results, plots, write_outputs)
-from toolkit.errors import DclError
+from runtime_harness.report.compare import compare_rows, compare_table
+from runtime_harness.report.console import console_table
+from runtime_harness.report.html import html_report, plots
+from runtime_harness.report.results import ArtifactResult, ProfileResults, load_results, write_outputs
 
 
 def _samples(center: float, n: int, spread: float, seed: int) -> list[float]:
@@ -125,6 +127,14 @@ def test_console_table():
         assert needle in t, needle
 
 
+def test_a_failed_row_keeps_the_console_tables_columns():
+    lines = console_table(make_results()).splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    failed = [line for line in table if "failed: Core ML runs on macOS only" in line]
+    assert len(failed) == 1
+    assert {line.count("|") for line in table} == {table[0].count("|")}  # same column count on every row
+
+
 def test_compare_shows_ratios_side_by_side():
     a = make_results()
     b = make_results(scale=2.0)
@@ -135,7 +145,7 @@ def test_compare_shows_ratios_side_by_side():
     assert rows[("mobilecnn_xs_training", "executorch", "ms/sample")]["ratio"] == pytest.approx(2.0)
     assert rows[("mobilecnn_xs_inference", "onnx", "energy mJ")]["ratio"] == pytest.approx(2.0)
     assert ("mobilecnn_xs_inference", "coreml", "p50 ms") not in rows  # failed on both sides
-    text = compare(a, b)
+    text = compare_table(a, b)
     assert "2.00x" in text and "B/A" in text and "only in A: on_device_tool" in text
 
     phone = DeviceInfo("phone", "37211FDJH000BC", "Pixel 8", "Tensor G3 (zuma)", "arm64-v8a", "Android 14", "fp", False)
@@ -144,7 +154,7 @@ def test_compare_shows_ratios_side_by_side():
     diff = compare_rows(a, c)
     e = [r for r in diff if r["metric"] == "energy mJ" and r["format"] == "onnx"][0]
     assert e["note"] == "sources differ: estimated:model vs measured:power-rails"
-    assert "Pixel 8" in compare(a, c)
+    assert "Pixel 8" in compare_table(a, c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +180,40 @@ def test_html_has_an_svg_per_plot_and_nothing_external(tmp_path):
     assert len(plots(no_training)) == 3
     j, h = write_outputs(r, tmp_path / "out")
     assert j.name == "results.json" and h.read_text() == page
+
+
+def test_html_escapes_every_string_from_the_run():
+    """Artifact names, errors, notes, tool versions and the partial reason come from bundles, tools and
+    devices: none of them may become markup, in the tables or inside the SVG plots."""
+    evil = '<img src=x onerror="alert(1)">&'
+    r = make_results()
+    r.mark_partial(evil)
+    r.tool_versions[evil] = evil
+    r.artifacts[0].name = evil
+    r.artifacts[0].energy.note = evil
+    r.artifacts[3].error = evil  # the failed row
+    page = html_report(r)
+    assert "<img" not in page and 'onerror="' not in page
+    escaped = "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;"
+    assert page.count(escaped) >= 6  # partial, tool versions (name and version), table row, failed row, notes
+    svgs = plots(r)
+    assert all("<img" not in s for s in svgs)
+    assert any("&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;" in s for s in svgs)  # a row label in a plot
+    assert page.count("<svg") == len(svgs)
+
+
+def test_a_failed_row_keeps_the_html_tables_columns():
+    page = html_report(make_results())
+    table = page[page.index("<table>"):page.index("</table>")]
+    header, *rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    width = header.count("<th>")
+
+    def cells(row: str) -> int:
+        spans = re.findall(r"<td(?: colspan=\"(\d+)\")?", row)
+        return sum(int(n) if n else 1 for n in spans)
+
+    assert len(rows) == 5 and all(cells(row) == width for row in rows)
+    assert "failed: Core ML runs on macOS only" in page
 
 
 def _chromium() -> str | None:
@@ -208,9 +252,9 @@ def test_a_host_profile_becomes_an_artifact_result(tmp_path):
     import numpy as np
     import torch
 
+    from exporters.reference import PyTorchInference
     from exporters.targets import get_target
     from runtime_harness.metrics import profile_inference
-    from runtime_harness.runners.pytorch import PyTorchInference
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 4))
     prof = profile_inference(lambda: PyTorchInference(model), {"x": np.ones((1, 8), np.float32)}, runs=10,

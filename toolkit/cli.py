@@ -1,4 +1,5 @@
-"""The `dcl` command line. Thin by design: parses arguments, delegates, prints.
+"""The `dcl` command line. Thin by design: parses arguments, looks up the method and format
+registries, delegates, prints.
 
 Every user error surfaces as one line on stderr and a non-zero exit code (no traceback).
 """
@@ -11,41 +12,54 @@ from typing import Any
 
 import click
 
-from toolkit.errors import DclError
+from dcl_core.errors import DclError
+from toolkit.methods.registry import method_names
 
 
 def _emit(obj: Any, as_json: bool, table: str) -> None:
     click.echo(json.dumps(obj, indent=2) if as_json else table)
 
 
+def _log(as_json: bool):
+    return (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
+
+
+def _trainable_formats() -> list[str]:
+    from exporters.formats import FORMATS
+
+    return [n for f in FORMATS.values() for n in (f.name, *f.aliases)]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dcl")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also show the runtimes' and converters' own warnings and logs.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """dcl: device-cloud collaborative learning, from cloud training to verified phone artifacts."""
+    from toolkit.quiet import quiet_third_party
+
+    ctx.with_resource(quiet_third_party(verbose))
 
 
-@cli.group()
-def train() -> None:
-    """Train a method on the cloud and write a run directory."""
-
-
-@train.command("dcccl")
+@cli.command("train")
+@click.argument("method", type=click.Choice(method_names()))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON config file.")
-@click.option("--out", default="runs/dcccl", show_default=True, help="Run directory to write.")
+@click.option("--out", default=None, help="Run directory to write (default: runs/METHOD).")
 @click.option("--quick", is_flag=True, help="Small data, few epochs: a few minutes on 2 cores.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable metrics instead of tables.")
-def train_dcccl(config_path: str | None, out: str, quick: bool, seed: int | None, as_json: bool) -> None:
-    """DC-CCL: cloud submodel, mimic distillation, controlled device rounds, and the baselines."""
+def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool, seed: int | None,
+              as_json: bool) -> None:
+    """Train METHOD on the cloud and write a run directory."""
     from toolkit.distributed import context
-    from toolkit.methods.dcccl import load_config, train_to_dir
-    from toolkit.report import results_table
+    from toolkit.methods.registry import get_method
 
-    cfg = load_config(config_path, quick=quick, seed=seed)
-    metrics = train_to_dir(cfg, out)
+    m = get_method(method)
+    out = out or f"runs/{method}"
+    metrics = m.train(m.load_config(config_path, quick, seed), Path(out))
     if context().is_main:
         shown = {k: v for k, v in metrics.items() if k != "log"}
-        _emit(shown, as_json, results_table(metrics) + f"\n\nrun written to {out}")
+        _emit(shown, as_json, m.results_table(metrics) + f"\n\nrun written to {out}")
 
 
 @cli.command("eval")
@@ -53,11 +67,11 @@ def train_dcccl(config_path: str | None, out: str, quick: bool, seed: int | None
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable metrics instead of tables.")
 def eval_cmd(run_dir: str, as_json: bool) -> None:
     """Re-evaluate a run directory from its checkpoints and print the table."""
-    from toolkit.methods.dcccl import evaluate_run
-    from toolkit.report import results_table
+    from toolkit.methods.registry import method_of_run
 
-    metrics = evaluate_run(run_dir)
-    _emit(metrics, as_json, results_table(metrics))
+    m = method_of_run(run_dir)
+    metrics = m.evaluate(Path(run_dir))
+    _emit(metrics, as_json, m.results_table(metrics))
 
 
 @cli.command("targets")
@@ -80,65 +94,65 @@ def targets_cmd(as_json: bool) -> None:
 @cli.command("export")
 @click.argument("run_dir")
 @click.option("--target", required=True, help="A phone from `dcl targets`, or host.")
-@click.option("--formats", default="", help="Comma-separated subset of executorch,onnx,tflite,coreml (default: all the target supports).")
+@click.option("--formats", default="", help="Comma-separated formats (default: all the target supports).")
 @click.option("--out", default=None, help="Bundle directory (default: bundles/<target>).")
 @click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
               help="BatchNorm in the training programs: frozen statistics, or batch statistics.")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate of the on-device step.")
+@click.option("--lr", type=float, default=None, help="SGD learning rate of the on-device steps (default: the method's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str, lr: float, as_json: bool) -> None:
-    """Export a DC-CCL run for a phone: verified inference and on-device training artifacts."""
-    import dataclasses
-
-    from exporters.methods.dcccl import export_dcccl
+def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str, lr: float | None,
+               as_json: bool) -> None:
+    """Export a run for a phone: verified inference and on-device training artifacts."""
+    from exporters.api import export
     from exporters.targets import get_target, resolve_formats
+    from toolkit.methods.base import ExportOptions
+    from toolkit.methods.registry import method_of_run
 
     t = get_target(target)
     fmts = resolve_formats(t, [f.strip() for f in formats.split(",") if f.strip()])
     out = out or f"bundles/{t.key}"
-    log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    manifest = export_dcccl(run_dir, t.key, fmts, out, bn=bn, lr=lr, log=log)
+    log = _log(as_json)
+    m = method_of_run(run_dir)
+    log(f"exporting {run_dir} ({m.name}) for {t.key} ({', '.join(fmts)}) -> {out}")
+    recipe = m.export_recipe(Path(run_dir), ExportOptions(bn=bn, lr=lr), log)
+    manifest = export(recipe.programs, fmts, out, target=t.key, method=m.name,
+                      extra={"run_dir": str(Path(run_dir).resolve()), **recipe.extra}, log=log)
     _emit(manifest.to_json(), as_json, f"bundle written to {out} ({len(manifest.artifacts)} verified artifacts)")
 
 
 @cli.command("import-weights")
 @click.argument("run_dir")
 @click.argument("weights")
-@click.option("--name", default="f_d_imported", show_default=True, help="Checkpoint name to write in the run.")
-def import_weights_cmd(run_dir: str, weights: str, name: str) -> None:
-    """Load f_d weights returned by a device runtime (.safetensors/.npz) into a run's checkpoints."""
-    from toolkit.methods.dcccl.transfer import import_device_weights
+@click.option("--program", default=None, help="The bundle program the weights come from (default: the only one).")
+@click.option("--name", default=None, help="Checkpoint name to write in the run (default: the method's).")
+def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: str | None) -> None:
+    """Load weights returned by a device runtime (.safetensors/.npz) into a run's checkpoints."""
+    from toolkit.methods.registry import method_of_run
 
-    info = import_device_weights(run_dir, weights, name)
+    info = method_of_run(run_dir).import_weights(Path(run_dir), Path(weights), program, name)
     click.echo(f"imported {info['imported']} tensors into {info['checkpoint']}")
 
 
-@cli.group()
-def simulate() -> None:
-    """Simulate a fleet of devices training inside exported artifacts."""
-
-
-@simulate.command("dcccl")
+@cli.command("simulate")
 @click.argument("run_dir")
-@click.option("--runtime", type=click.Choice(["executorch", "onnxruntime", "litert"]), required=True)
-@click.option("--devices", type=int, default=2, show_default=True)
-@click.option("--rounds", type=int, default=2, show_default=True)
+@click.option("--runtime", type=click.Choice(_trainable_formats(), case_sensitive=False), required=True,
+              help="The runtime whose training artifact the virtual devices step.")
+@click.option("--devices", type=int, default=None, help="Virtual devices (default: the method's).")
+@click.option("--rounds", type=int, default=None, help="Rounds (default: the method's).")
 @click.option("--epochs", type=int, default=None, help="Local epochs per round (default: the run's).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
-def simulate_dcccl(run_dir: str, runtime: str, devices: int, rounds: int, epochs: int | None, as_json: bool) -> None:
-    """DC-CCL device rounds run inside a runtime's training artifact, compared with PyTorch."""
-    import dataclasses
-
+def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | None, epochs: int | None,
+                 as_json: bool) -> None:
+    """A fleet of virtual devices training inside a runtime's exported artifact, beside PyTorch."""
     from tabulate import tabulate
 
-    from runtime_harness.fleet.dcccl import simulate as run_sim
+    from exporters.formats import get_format
+    from toolkit.methods.base import FleetOptions
+    from toolkit.methods.registry import method_of_run
 
-    log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    res = run_sim(run_dir, runtime, devices, rounds, epochs, log=log)
-    rows = [[engine, *acc.values(), res.seconds[engine]] for engine, acc in res.accuracy.items()]
-    table = tabulate(rows, headers=["engine", "cloud_test %", "device_test %", "union_test %", "seconds"],
-                     tablefmt="github") + f"\n\n|union gap| = {res.union_gap:.2f} points ({res.steps} runtime steps)"
-    _emit(dataclasses.asdict(res) | {"union_gap": res.union_gap}, as_json, table)
+    m = method_of_run(run_dir)
+    rep = m.simulate(Path(run_dir), get_format(runtime), FleetOptions(devices, rounds, epochs), _log(as_json))
+    _emit(rep.record, as_json, tabulate(rep.rows, headers=rep.columns, tablefmt="github") + f"\n\n{rep.summary}")
 
 
 @cli.command("profile")
@@ -157,23 +171,36 @@ def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float,
     """Measure latency, memory and energy of every artifact in a bundle."""
     import shutil
 
-    from runtime_harness.report import compare as compare_results
-    from runtime_harness.report import compare_rows, console_table, load_results
+    from runtime_harness.report.compare import compare_rows, compare_table
+    from runtime_harness.report.console import console_table
+    from runtime_harness.report.results import load_results
 
     if compare:
         a, b = (load_results(p) for p in compare)
-        _emit(compare_rows(a, b), as_json, compare_results(a, b))
+        _emit(compare_rows(a, b), as_json, compare_table(a, b))
         return
     if not bundle_dir:
         raise click.UsageError("give a BUNDLE_DIR to profile, or --compare A.json B.json")
+    from dcl_core.bundle import load_manifest
     from runtime_harness.profile import ProfilePlan, profile_bundle
 
     out_dir = Path(out or Path(bundle_dir) / f"profile-{device}")
-    log = (lambda *a: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    res = profile_bundle(bundle_dir, device, out_dir, ProfilePlan(runs, duration, threads, sustained), log=log)
+    manifest = load_manifest(bundle_dir)  # sha256-verified: a corrupt bundle stops here
+    res = profile_bundle(bundle_dir, device, out_dir, ProfilePlan(runs, duration, threads, sustained),
+                         baselines=_baselines(manifest), log=_log(as_json))
     if html_path:
         shutil.copyfile(out_dir / "report.html", html_path)
     _emit(res.to_json(), as_json, console_table(res) + f"\n\nresults: {out_dir / 'results.json'}, report: {out_dir / 'report.html'}")
+
+
+def _baselines(manifest) -> dict:
+    """PyTorch eager programs of the run a bundle was exported from, when that run is still here."""
+    from toolkit.methods.registry import method_of_run
+
+    run_dir = manifest.extra.get("run_dir")
+    if not run_dir or not (Path(run_dir) / "config.json").is_file():
+        return {}
+    return method_of_run(run_dir).baselines(Path(run_dir), {p.name: p for p in manifest.programs})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Console tables for method results (the CLI prints these unless --json is given)."""
+"""Console tables of method results (the CLI prints these unless --json is given)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,16 +6,15 @@ from typing import Any
 from tabulate import tabulate
 
 
-def results_table(metrics: dict[str, Any]) -> str:
-    results = metrics["results"]
-    cols = [c for c in ("cloud_test", "device_test", "union_test", "cloud_val", "device_val", "union_val")
-            if any(c in r for r in results.values())]
-    rows = [[name] + [f"{r.get(c, float('nan')):.2f}" for c in cols] for name, r in results.items()]
-    text = tabulate(rows, headers=["result"] + [c + " %" for c in cols], tablefmt="github")
-    s = metrics.get("sizes")
-    if s:
-        parts = [[k, f"{v['params']:,}", f"{v['bytes']:,}"] for k, v in s.items() if isinstance(v, dict)]
-        text += "\n\n" + tabulate(parts, headers=["model", "params", "bytes (fp32)"], tablefmt="github")
-        text += (f"\n\ndown to device (f_d + g): {s['down_to_device_bytes']:,} bytes; "
-                 f"up to cloud (f_d): {s['up_to_cloud_bytes']:,} bytes")
-    return text
+def results_table(results: dict[str, dict[str, Any]], columns: list[str] | None = None, unit: str = "%") -> str:
+    """One row per result, one column per metric (in `columns` order, or as first seen);
+    a metric a row lacks is shown as nan, so a failed row keeps the table's columns."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in results.values() for k in r))
+    rows = [[name] + [_cell(r.get(c, float("nan"))) for c in columns] for name, r in results.items()]
+    suffix = f" {unit}" if unit else ""
+    return tabulate(rows, headers=["result"] + [c + suffix for c in columns], tablefmt="github")
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else str(v)

@@ -1,24 +1,19 @@
-"""Run directories: config.json, metrics.json and safetensors checkpoints.
-
-A run is written into a temporary sibling folder and renamed into place only when complete, so a
-crash or Ctrl-C never leaves a half-written run where a user (or `dcl export`) would read it.
-"""
+"""Run directories: config.json, metrics.json and safetensors checkpoints, written atomically."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from toolkit.errors import CheckpointError
+from dcl_core.atomic import atomic_dir
+from dcl_core.errors import CheckpointError
 
 
 class RunDir:
@@ -75,29 +70,23 @@ def load_state(model: nn.Module, path: Path) -> None:
 
 @contextmanager
 def atomic_run_dir(final: str | Path) -> Iterator[RunDir]:
-    """Yield a RunDir in a temp folder next to `final`; rename it to `final` on success only."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    """Yield a RunDir in a temp folder next to `final`; it becomes `final` on success only."""
+    with atomic_dir(final) as tmp:
         yield RunDir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, final)
-
-
-def replace_dir(src: Path, final: Path) -> None:
-    """Move a finished folder into place, replacing an old one without a moment of neither."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        src.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        src.rename(final)
-    os.chmod(final, 0o755)
 
 
 def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"weights file {p} does not exist; pass the .safetensors or .npz the device returned")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"weights file {p} is corrupt or not .safetensors/.npz ({e})") from None

@@ -1,9 +1,10 @@
 """Shared training loops, used by every method on the cloud and by simulated devices.
 
-`fit` trains an *objective*: a module whose forward(x, y) returns the scalar loss and whose
+`fit` trains an *objective*: a module whose forward(*batch) returns the scalar loss and whose
 trainable parameters are exactly the ones that should learn (frozen teachers/controls live inside
-it with requires_grad=False). The same loop then serves the cloud step, distillation, the
-controlled device step and last-layer fine-tuning, and runs unchanged under torchrun:
+it with requires_grad=False), over any `Batchable` data set (images and labels, recommender
+interactions, cached features). The same loop serves every method's cloud steps, distillation,
+simulated device steps and fine-tuning, and runs unchanged under torchrun:
 
 - Batching is a seeded permutation per epoch cut into global batches of `batch_size`; under DDP
   rank r takes every world_size-th sample of each global batch. So the set of samples per step is
@@ -18,15 +19,24 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dcl_core.errors import ConfigError
 from toolkit.data.imageset import ImageSet
 from toolkit.distributed import context
+
+
+class Batchable(Protocol):
+    """A data set `fit` can train on: its length and the tensors of a batch of indices."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
 
 
 @dataclass
@@ -74,29 +84,6 @@ class Supervised(nn.Module):
         return F.cross_entropy(self.model(x), y)
 
 
-class Controlled(nn.Module):
-    """DC-CCL's controlled step: CE(control(x) + trainable(x), y) with `control` frozen.
-
-    `control` is the mimic g on a device (or the true f_c for the oracle and on the cloud). It
-    stays in eval mode even when the objective is put in train mode.
-    """
-
-    def __init__(self, trainable: nn.Module, control: nn.Module):
-        super().__init__()
-        self.trainable = trainable
-        self.control = frozen(control)
-
-    def train(self, mode: bool = True) -> "Controlled":
-        super().train(mode)
-        self.control.eval()
-        return self
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            c = self.control(x)
-        return F.cross_entropy(c + self.trainable(x), y)
-
-
 class Distill(nn.Module):
     """Logit distillation of a frozen teacher into a student: MSE on logits, or KL at temperature T."""
 
@@ -141,7 +128,7 @@ def _lr_at(cfg: OptimConfig, step: int, total: int) -> float:
     return cfg.lr
 
 
-def fit(objective: nn.Module, data: ImageSet, cfg: OptimConfig, seed: int, desc: str = "train",
+def fit(objective: nn.Module, data: Batchable, cfg: OptimConfig, seed: int, desc: str = "train",
         distributed: bool = True, train_mode: bool = True,
         params: list[nn.Parameter] | None = None) -> list[float]:
     """Train `objective` on `data`; returns the mean loss of each epoch.
@@ -154,10 +141,10 @@ def fit(objective: nn.Module, data: ImageSet, cfg: OptimConfig, seed: int, desc:
     use_ddp = distributed and ctx.enabled
     world, rank = (ctx.world_size, ctx.rank) if use_ddp else (1, 0)
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
     trainable = params if params is not None else [p for p in objective.parameters() if p.requires_grad]
     if not trainable:
-        raise ValueError(f"{desc}: nothing to train")
+        raise ConfigError(f"{desc}: nothing to train (every parameter is frozen)")
     model: nn.Module = objective
     if use_ddp:
         if ctx.device.type == "cuda":
@@ -173,11 +160,11 @@ def fit(objective: nn.Module, data: ImageSet, cfg: OptimConfig, seed: int, desc:
         running, bar = 0.0, progress(range(steps_per_epoch), f"{desc} {epoch + 1}/{cfg.epochs}")
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
-            x, y = data.x[idx].to(ctx.device), data.y[idx].to(ctx.device)
-            assert x.shape[0] == local
+            tensors = [t.to(ctx.device) for t in data.batch(idx)]
+            assert tensors[0].shape[0] == local
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, total)
-            loss = model(x, y)
+            loss = model(*tensors)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -16,9 +16,8 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
+from dcl_core.errors import ExportError
 from exporters.spec import TensorSpec
-from toolkit.errors import ExportError
-
 
 
 class _ExpectedWarnings(logging.Filter):

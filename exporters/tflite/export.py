@@ -21,14 +21,14 @@ import tensorflow as tf
 import torch
 from torch import nn
 
+from dcl_core.bundle import Artifact
+from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
-from exporters.manifest import Artifact
 from exporters.spec import TensorSpec, TrainingSpec
 from exporters.tflite.convert import convert, signature_specs
 from exporters.tflite.grads import LOSSES
 from exporters.tflite.graph import Program
 from exporters.tflite.layers import BuildContext, WeightStore
-from toolkit.errors import ExportError
 
 _TF_DTYPES = {torch.float32: tf.float32, torch.int64: tf.int64, torch.int32: tf.int32}
 
@@ -115,7 +115,7 @@ class TFLiteExporter(Exporter):
         _check_loss_shapes(model, job)
         trainable = job.spec.trainable_names(model)
         store = WeightStore(model, set(trainable))
-        program = Program(model, BuildContext(store, _bn_train_paths(model, trainable, job.spec.bn)))
+        program = Program(model, BuildContext(store, job.spec.batch_statistics_layers(model, trainable)))
         for name in trainable:  # parameters the forward never uses still round-trip, unchanged as in torch
             store.param(name)
         module = TrainingModule(program, store, job.spec, job.output_names)
@@ -166,13 +166,3 @@ def _check_loss_shapes(model: nn.Module, job: ExportJob) -> None:
     if not ok:
         raise ExportError(f"{job.spec.loss} loss cannot take model output {got} with target {target} "
                           f"({'(N, C) logits and (N,) class ids' if job.spec.loss == 'cross_entropy' else 'equal shapes'})")
-
-
-def _bn_train_paths(model: nn.Module, trainable: list[str], bn: str) -> set[str]:
-    """BatchNorm layers that use batch statistics when training: as exporters.validate's
-    set_train_modes, those whose own weight trains, when bn == "train"."""
-    if bn != "train":
-        return set()
-    chosen = set(trainable)
-    return {name for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and f"{name}.weight" in chosen}

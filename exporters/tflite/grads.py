@@ -3,7 +3,7 @@
 TF's own gradients of these ops (ReluGrad, Relu6Grad, RsqrtGrad, Conv2DBackpropFilter,
 DepthwiseConv2dNativeBackprop*, SparseSoftmaxCrossEntropyWithLogits, UnsortedSegmentSum for
 gather) have no TFLite builtin, so a training graph using them needs the Flex delegate, which the
-stock LiteRT interpreter lacks (shared/RUNTIME_NOTES.md). Each primitive here pairs the usual
+stock LiteRT interpreter lacks (neither ai-edge-litert nor TensorFlow ships it). Each primitive here pairs the usual
 forward op with a hand-written gradient:
 
 - activations: masks and selects instead of *Grad ops;

@@ -1,7 +1,7 @@
 """A PyTorch module as a TF program: torch.fx traces the forward, each node becomes TF.
 
 Modules of a registered type (exporters.tflite.layers.LAYERS) are leaves built by the registry;
-other custom modules (Sequential, MobileCNN, Fused, SqueezeExcite, ...) are traced through, so
+other custom modules (Sequential, MobileCNN, SumOfLogits, SqueezeExcite, ...) are traced through, so
 their forward's glue (add, mul, cat, pad, flatten, squeeze, shape arithmetic) is translated by
 the FUNCTIONS/METHODS tables here. Anything else raises ExportError naming the node.
 """
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from dcl_core.errors import ExportError
 from exporters.tflite import grads
 from exporters.tflite.layers import LAYERS, BuildContext, Layer, Val, build_layer, flatten
-from toolkit.errors import ExportError
 
 
 class _Tracer(fx.Tracer):

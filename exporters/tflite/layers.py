@@ -17,8 +17,8 @@ import tensorflow as tf
 import torch
 from torch import nn
 
+from dcl_core.errors import ExportError
 from exporters.tflite import grads
-from toolkit.errors import ExportError
 
 NCHW_TO_NHWC = [0, 2, 3, 1]
 NHWC_TO_NCHW = [0, 3, 1, 2]

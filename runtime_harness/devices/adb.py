@@ -19,15 +19,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.manifest import sha256_file
+from dcl_core.bundle import sha256_file
+from dcl_core.errors import DeviceError
 from runtime_harness import metrics
 from runtime_harness.devices.base import DeviceInfo
 from runtime_harness.devices.tools import AndroidTool, RunPlan, find_tool, shared_libs
 from runtime_harness.metrics import LatencyStats, Measurement
-from runtime_harness.parsers import (AdbDeviceEntry, BatteryState, ToolTimings, WrapperOutput, parse_adb_devices,
-                                     parse_adb_version, parse_dumpsys_battery, parse_getprop, parse_powerstats,
-                                     parse_wrapper_output, proc_stat_cpu_s, vm_hwm_bytes)
-from toolkit.errors import DeviceError
+from runtime_harness.parsers import (
+    AdbDeviceEntry,
+    BatteryState,
+    ToolTimings,
+    WrapperOutput,
+    parse_adb_devices,
+    parse_adb_version,
+    parse_dumpsys_battery,
+    parse_getprop,
+    parse_powerstats,
+    parse_wrapper_output,
+    proc_stat_cpu_s,
+    vm_hwm_bytes,
+)
 
 REMOTE_DIR = "/data/local/tmp/dcl"
 POWERSTATS = "android.hardware.power.stats.IPowerStats/default"

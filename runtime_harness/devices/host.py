@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dcl_core.paths import PROJECT_ROOT
 from runtime_harness.devices.base import DeviceInfo
 from runtime_harness.metrics import RU_MAXRSS, Measurement
-from toolkit.paths import PROJECT_ROOT
 
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 
@@ -129,18 +129,18 @@ def peak_rss_fresh_process(setup_code: str, load_code: str, args: list[str] | No
 
 
 _RUNNER_SETUP = """
-import importlib, json, sys
+import json, sys
 import numpy as np
 spec = json.load(open(sys.argv[1]))
-from runtime_harness.runners import _MODULES
-importlib.import_module(_MODULES[spec["fmt"]])  # the runtime itself belongs to the empty runner
+from exporters.formats import get_format
+get_format(spec["fmt"]).load_runner()  # the runtime itself belongs to the empty runner
 if spec["inputs_npz"]:
     inputs = dict(np.load(spec["inputs_npz"]))
 else:
     inputs = {s["name"]: np.zeros(s["shape"], dtype=s["dtype"]) for s in spec["artifact"]["inputs"]}
 """
 _RUNNER_LOAD = """
-from runtime_harness.runners import open_inference, open_training
+from exporters.runner import open_inference, open_training
 if spec["kind"] == "training":
     open_training(spec["fmt"], spec["path"], spec["artifact"], spec["threads"]).train_step(inputs)
 else:

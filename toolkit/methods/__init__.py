@@ -1,1 +1,2 @@
-"""The three device-cloud methods. Each is a config dataclass + train() + evaluate()."""
+"""Device-cloud methods as plug-ins: each folder implements `toolkit.methods.base.Method` and has
+one line in `toolkit.methods.registry`."""

@@ -5,12 +5,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-from toolkit.errors import ConfigError
+from dcl_core.errors import ConfigError
 from toolkit.models.efficientnet_lite import EfficientNetLite0
 from toolkit.models.mobilecnn import PRESETS, MobileCNN
 from toolkit.models.padded import PadLogits
 from toolkit.models.recommender import EmbeddingMLP
 from toolkit.models.split_cnn import ChannelSplitCNN, split_widths
+from toolkit.models.sum_logits import SumOfLogits
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mobilecnn": MobileCNN,
@@ -42,4 +43,4 @@ def state_bytes(model: nn.Module) -> int:
 
 
 __all__ = ["ChannelSplitCNN", "EfficientNetLite0", "EmbeddingMLP", "MobileCNN", "count_params", "create_model",
-           "model_names", "PadLogits", "split_widths", "state_bytes"]
+           "model_names", "PadLogits", "split_widths", "state_bytes", "SumOfLogits"]

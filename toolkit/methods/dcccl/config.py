@@ -1,4 +1,4 @@
-"""DC-CCL configuration (METHODS.md section 1). Every default here is the documented full run;
+"""DC-CCL configuration (README, "DC-CCL"). Every default here is the documented full run;
 `QUICK` overrides it for the few-minutes run.
 """
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from toolkit.config import from_dict, load_file, merge, to_dict
-from toolkit.data.scenarios import ScenarioConfig
+from dcl_core.config import from_dict, load_file, merge, to_dict
+from toolkit.methods.dcccl.scenario import ScenarioConfig
 from toolkit.train import OptimConfig
 
 

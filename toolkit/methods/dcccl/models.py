@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from toolkit.methods.dcccl.config import DCCCLConfig
-from toolkit.models import ChannelSplitCNN, PadLogits, create_model
+from toolkit.models import ChannelSplitCNN, PadLogits, SumOfLogits, create_model
 
 
 @dataclass
@@ -17,15 +17,14 @@ class DCCCLModels:
     g: nn.Module  # light mimic of f_c, shipped to the device
 
 
-class Fused(nn.Module):
-    """The served model: logits summed, f_c(x) + f_d(x) (or g + f_d on a device)."""
+def served(f_c: nn.Module, f_d: nn.Module) -> SumOfLogits:
+    """The served model: logits summed, f_c(x) + f_d(x)."""
+    return SumOfLogits(f_c=f_c, f_d=f_d)
 
-    def __init__(self, a: nn.Module, b: nn.Module):
-        super().__init__()
-        self.a, self.b = a, b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.a(x) + self.b(x)
+def device_program(g: nn.Module, f_d: nn.Module) -> SumOfLogits:
+    """What the phone holds: g(x) + f_d(x), the mimic standing in for f_c."""
+    return SumOfLogits(g=g, f_d=f_d)
 
 
 def build_models(cfg: DCCCLConfig, num_classes: int, pretrained: bool = True) -> DCCCLModels:

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolkit.config import from_dict, to_dict
+from dcl_core.config import from_dict, to_dict
 from toolkit.data.imageset import ImageSet
-from toolkit.data.scenarios import Scenario, build_dcccl_scenario
 from toolkit.distributed import context
 from toolkit.methods.dcccl.config import DCCCLConfig
-from toolkit.methods.dcccl.models import DCCCLModels, Fused, build_models
+from toolkit.methods.dcccl.models import DCCCLModels, build_models, served
 from toolkit.methods.dcccl.rounds import run_rounds
+from toolkit.methods.dcccl.scenario import Scenario, build_dcccl_scenario, joint_num_classes
 from toolkit.models import count_params, state_bytes
 from toolkit.run import RunDir, atomic_run_dir
 from toolkit.train import Distill, Supervised, accuracy, fit, frozen
@@ -44,8 +44,8 @@ class TrainedDCCCL:
         return {
             "cloud_only": self.models.f_c,
             "device_only": self.f_d_device_only,
-            "dcccl_mimic": Fused(self.models.f_c, self.models.f_d),
-            "dcccl_oracle": Fused(self.models.f_c, self.f_d_oracle),
+            "dcccl_mimic": served(self.models.f_c, self.models.f_d),
+            "dcccl_oracle": served(self.models.f_c, self.f_d_oracle),
         }[result]
 
 
@@ -130,11 +130,11 @@ def load_run(path: str | Path) -> tuple[DCCCLConfig, TrainedDCCCL, RunDir]:
     """Rebuild a run's models from config.json and its checkpoints (no ImageNet weights needed)."""
     run = RunDir(path)
     if not run.path.is_dir():
-        from toolkit.errors import CheckpointError
+        from dcl_core.errors import CheckpointError
         raise CheckpointError(f"run directory {run.path} does not exist; run `dcl train dcccl --out {run.path}` first")
     record = run.read_json("config.json")
     cfg = from_dict(DCCCLConfig, record.get("config", {}), f"{run.path / 'config.json'}")
-    models = build_models(cfg, 10 + cfg.scenario.device_label_offset, pretrained=False)
+    models = build_models(cfg, joint_num_classes(cfg.scenario), pretrained=False)
     run.load_model("f_c", models.f_c)
     run.load_model("g", models.g)
     run.load_model("f_d", models.f_d)

@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
 
-from toolkit.data.scenarios import Scenario
+from runtime_harness.fleet.engine import weighted_average
 from toolkit.methods.dcccl.config import DCCCLConfig
-from toolkit.train import Controlled, Supervised, fit, progress
-
-
-def average_states(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Weighted average of floating-point entries; integer buffers (BN step counters) take the max."""
-    total = float(sum(weights))
-    out = {}
-    for key in states[0]:
-        ref = states[0][key]
-        if ref.is_floating_point():
-            out[key] = sum(s[key] * (w / total) for s, w in zip(states, weights)).to(ref.dtype)
-        else:
-            out[key] = torch.stack([s[key] for s in states]).max(0).values
-    return out
+from toolkit.methods.dcccl.objectives import Controlled
+from toolkit.methods.dcccl.scenario import Scenario
+from toolkit.train import Supervised, fit, progress
 
 
 def device_objective(f_d: nn.Module, control: nn.Module | None) -> nn.Module:
@@ -52,7 +40,7 @@ def run_rounds(f_d: nn.Module, control: nn.Module | None, f_c: nn.Module | None,
             states.append(local.state_dict())
             weights.append(len(data))
             losses.append(hist[-1])
-        merged = average_states(states, weights)
+        merged = weighted_average(states, weights)
         entry = {"round": r + 1, "device_loss": losses}
         if control is not None and cfg.cloud_copy_merge and f_c is not None:
             cloud_copy = copy.deepcopy(f_d)
@@ -60,7 +48,7 @@ def run_rounds(f_d: nn.Module, control: nn.Module | None, f_c: nn.Module | None,
             data = scenario.cloud_train.take(cfg.cloud_copy_samples, cfg.seed + 31 * r)
             entry["cloud_copy_loss"] = fit(Controlled(cloud_copy, f_c), data, cfg.device,
                                            seed=cfg.seed + 17 * r, desc=f"{tag} r{r + 1} cloud copy")[-1]
-            merged = average_states([merged, cloud_copy.state_dict()], [0.5, 0.5])
+            merged = weighted_average([merged, cloud_copy.state_dict()], [0.5, 0.5])
         f_d.load_state_dict(merged)
         if control is not None and cfg.finetune.epochs > 0 and f_c is not None:
             entry["finetune_loss"] = finetune_last_layer(f_d, f_c, scenario, cfg, r, tag)[-1]

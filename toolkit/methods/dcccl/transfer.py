@@ -1,35 +1,19 @@
 """Device -> cloud: load f_d weights that came back from a phone runtime into a run.
 
 Runtimes hand weights back keyed by PyTorch names of the exported device program, where f_d is
-the submodule "b." (see exporters/methods/dcccl.py); the prefix is optional here. Accepted files:
+the submodule "f_d." (see export.py); the prefix is optional here. Accepted files:
 .safetensors or .npz (what the runners' get_weights() and the demo apps write).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from toolkit.errors import CheckpointError
+from dcl_core.errors import CheckpointError
+from toolkit.methods.dcccl.export import DEVICE_PART
 from toolkit.methods.dcccl.pipeline import load_run
+from toolkit.run import read_weights
 
-DEVICE_PREFIX = "b."
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"weights file {p} does not exist; pass the .safetensors or .npz the device returned")
-    try:
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
-        return load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"weights file {p} is corrupt or not .safetensors/.npz ({e})") from None
+DEVICE_PREFIX = f"{DEVICE_PART}."
 
 
 def import_device_weights(run_dir: str | Path, weights: str | Path, name: str = "f_d_imported") -> dict:

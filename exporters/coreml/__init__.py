@@ -1,0 +1,1 @@
+"""Core ML: `.mlpackage` inference and updatable `.mlmodel` training, structure-validated off macOS."""

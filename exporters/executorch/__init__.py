@@ -1,0 +1,1 @@
+"""ExecuTorch: `.pte` inference (XNNPACK) and joint forward/backward training programs, and their runners."""

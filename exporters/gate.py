@@ -1,0 +1,95 @@
+"""The one validation gate, shared by every format.
+
+- Inference: the runtime's outputs on several input sets (random and real) against PyTorch;
+  passed iff max |runtime - pytorch| <= tolerance.
+- Training: `steps` steps on fixed batches in the real runtime and in PyTorch with the same
+  optimizer from the same weights; passed iff every step's loss and every final trainable weight
+  agree within `tolerance`, relative: |a - b| / max(|b|, 1) for losses, and
+  max|w_rt - w_pt| / max(max|w_pt|, 1e-6) per tensor for weights (element-wise relative error
+  is meaningless for weights near zero).
+The gate knows formats only through their runners and descriptors' tolerances.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcl_core.bundle import Validation
+from exporters.reference import PyTorchTraining
+from exporters.runner import InferenceRunner, TrainingRunner
+from exporters.spec import TrainingSpec
+
+DEFAULT_TOLERANCE = 1e-4  # each format's descriptor states its own (exporters.formats)
+TRAINING_STEPS = 10
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def validate_inference(model: nn.Module, runner: InferenceRunner, input_sets: list[dict[str, torch.Tensor]],
+                       tolerance: float, labels: list[str] | None = None) -> Validation:
+    model = model.eval()
+    worst = 0.0
+    for inputs in input_sets:
+        with torch.no_grad():
+            ref = model(*inputs.values())
+        refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+        got = runner.infer({k: _np(v) for k, v in inputs.items()})
+        if len(got) != len(refs):
+            return Validation(True, False, f"runtime returned {len(got)} outputs, PyTorch {len(refs)}",
+                              tolerance=tolerance)
+        for g, r in zip(got, refs):
+            g = np.asarray(g, dtype=np.float64).reshape(tuple(r.shape))
+            if not (np.all(np.isfinite(g)) and torch.isfinite(r).all()):
+                # NaN compares false with everything: without this, NaN outputs would "match"
+                who = "the runtime" if not np.all(np.isfinite(g)) else "PyTorch"
+                return Validation(True, False, f"{who} produced non-finite outputs (NaN or Inf)",
+                                  tolerance=tolerance, inputs_checked=labels)
+            worst = max(worst, float(np.max(np.abs(g - _np(r).astype(np.float64)))) if r.numel() else 0.0)
+    passed = bool(worst <= tolerance)
+    return Validation(True, passed, "" if passed else f"max |runtime - pytorch| {worst:.3g} > {tolerance:g}",
+                      max_abs_diff=worst, tolerance=tolerance, inputs_checked=labels)
+
+
+def reference_training(model: nn.Module, spec: TrainingSpec, batches: list[dict[str, torch.Tensor]],
+                       target_name: str, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """PyTorch's loss trajectory and final trainable weights for the same program."""
+    runner = PyTorchTraining(model, spec, target_name, threads=torch.get_num_threads())
+    losses = [runner.train_step({k: _np(v) for k, v in batches[i % len(batches)].items()}) for i in range(steps)]
+    return losses, {n: torch.from_numpy(w) for n, w in runner.get_weights().items()}
+
+
+def validate_training(model: nn.Module, spec: TrainingSpec, runner: TrainingRunner,
+                      batches: list[dict[str, torch.Tensor]], target_name: str = "y",
+                      steps: int = TRAINING_STEPS, tolerance: float = DEFAULT_TOLERANCE) -> Validation:
+    ref_losses, ref_weights = reference_training(model, spec, batches, target_name, steps)
+    rt_losses = [float(runner.train_step({k: _np(v) for k, v in batches[i % len(batches)].items()}))
+                 for i in range(steps)]
+    for who, losses in (("PyTorch", ref_losses), ("the runtime", rt_losses)):
+        if not np.all(np.isfinite(losses)):
+            # NaN compares false with everything: without this a diverged pair would "match"
+            return Validation(True, False, f"training diverged in {who} (non-finite loss); lower the learning "
+                              f"rate (now {spec.lr:g})", steps=steps, tolerance=tolerance,
+                              loss_runtime=rt_losses, loss_pytorch=ref_losses)
+    loss_err = max(abs(a - b) / max(abs(b), 1.0) for a, b in zip(rt_losses, ref_losses))
+    weights = runner.get_weights()
+    missing = sorted(set(ref_weights) - set(weights))
+    if missing:
+        return Validation(True, False, f"runtime returned no weights for {missing[:3]}", steps=steps,
+                          tolerance=tolerance, loss_runtime=rt_losses, loss_pytorch=ref_losses)
+    w_err = 0.0
+    for n, ref in ref_weights.items():
+        got = np.asarray(weights[n], dtype=np.float64)
+        if got.shape != tuple(ref.shape):
+            return Validation(True, False, f"weight {n} came back as {got.shape}, expected {tuple(ref.shape)}",
+                              steps=steps, tolerance=tolerance)
+        r = _np(ref).astype(np.float64)
+        w_err = max(w_err, float(np.max(np.abs(got - r)) / max(np.max(np.abs(r)), 1e-6)))
+    passed = bool(loss_err <= tolerance and w_err <= tolerance and np.all(np.isfinite(rt_losses)))
+    reason = "" if passed else (f"training diverges from PyTorch: loss rel err {loss_err:.3g}, "
+                                f"weight rel err {w_err:.3g} (tolerance {tolerance:g})")
+    return Validation(True, passed, reason, steps=steps, tolerance=tolerance, loss_runtime=rt_losses,
+                      loss_pytorch=ref_losses, max_rel_loss_diff=loss_err, max_rel_weight_diff=w_err,
+                      max_abs_diff=None)

@@ -1,0 +1,1 @@
+"""ONNX / ONNX Runtime: `.onnx` inference models and ORT training artifacts, and their runners."""

@@ -1,0 +1,156 @@
+"""results.json: what one `dcl profile` run measured, typed, written atomically and read back
+strictly (unknown keys or unlabelled numbers are refused, so a hand-edited or foreign file fails
+loudly instead of producing a misleading report)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from dcl_core.errors import DclError
+from runtime_harness.devices.base import DeviceInfo
+from runtime_harness.metrics import FILE_SIZE, Drift, LatencyStats, Measurement, Profile
+from runtime_harness.report.html import html_report
+
+FORMAT_VERSION = 1
+MAX_STORED_SAMPLES = 5000  # statistics use every run; results.json keeps at most this many for plots
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _not_measured(unit: str) -> Measurement:
+    return Measurement.unavailable(unit, "not measured")
+
+
+@dataclass
+class ArtifactResult:
+    """One artifact's numbers on one device; a failed artifact keeps its identity and the reason."""
+
+    name: str
+    format: str
+    kind: Literal["inference", "training"]
+    sha256: str
+    bytes: int
+    threads: int = 1
+    runtime: str = ""  # what ran it: "onnxruntime (python)", "benchmark_model", ...
+    latency: LatencyStats | None = None  # per inference, or per training step
+    load_s: float | None = None
+    first_s: float | None = None
+    warmup: LatencyStats | None = None
+    batch_size: int | None = None
+    per_sample_s: float | None = None  # training: step time / batch size
+    peak_rss: Measurement = field(default_factory=lambda: _not_measured("bytes"))
+    file_size: Measurement = field(default_factory=lambda: _not_measured("bytes"))
+    energy: Measurement = field(default_factory=lambda: _not_measured("J"))  # per inference / per step
+    drift: Drift | None = None
+    samples_s: list[float] = field(default_factory=list)
+    error: str = ""  # this artifact failed: the one-line reason (its numbers are absent)
+
+    @property
+    def per(self) -> str:
+        return "training step" if self.kind == "training" else "inference"
+
+    @staticmethod
+    def _size(nbytes: int) -> Measurement:
+        return Measurement(float(nbytes), "bytes", FILE_SIZE)
+
+    @classmethod
+    def from_profile(cls, name: str, fmt: str, kind: str, sha256: str, nbytes: int, profile: Profile,
+                     peak_rss: Measurement, threads: int = 1, runtime: str = "") -> "ArtifactResult":
+        """A host run: metrics.profile_inference / profile_training + host.peak_rss_of_artifact."""
+        t = profile.timing
+        return cls(name=name, format=fmt, kind=kind, sha256=sha256, bytes=nbytes, threads=threads,  # type: ignore[arg-type]
+                   runtime=runtime or f"{fmt} (python bindings)", latency=t.runs, load_s=t.load_s, first_s=t.first_s,
+                   warmup=t.warmup, batch_size=profile.batch_size, per_sample_s=profile.per_sample_s,
+                   peak_rss=peak_rss, file_size=cls._size(nbytes), energy=profile.energy, drift=profile.drift,
+                   samples_s=_thin(t.samples_s))
+
+    @classmethod
+    def from_android(cls, name: str, fmt: str, sha256: str, nbytes: int, run: Any, threads: int = 1) -> "ArtifactResult":
+        """An adb run: devices.adb.AdbDevice.benchmark(...) -> AndroidRun."""
+        t = run.timings
+        return cls(name=name, format=fmt, kind="inference", sha256=sha256, bytes=nbytes, threads=threads,
+                   runtime=run.tool, latency=run.latency, load_s=t.init_s, first_s=t.first_s,
+                   warmup=(LatencyStats(n=0, mean_s=t.warmup_mean_s, source=run.latency.source,
+                                        note=f"warm-up average printed by {run.tool}")
+                           if t.warmup_mean_s is not None else None),
+                   peak_rss=run.peak_rss, file_size=cls._size(nbytes), energy=run.energy, samples_s=_thin(t.samples_s))
+
+    @classmethod
+    def failed(cls, name: str, fmt: str, kind: str, sha256: str, nbytes: int, error: str) -> "ArtifactResult":
+        return cls(name=name, format=fmt, kind=kind, sha256=sha256, bytes=nbytes, error=error,  # type: ignore[arg-type]
+                   file_size=cls._size(nbytes))
+
+
+def _thin(samples: list[float]) -> list[float]:
+    """At most MAX_STORED_SAMPLES, evenly spaced and in run order (drift stays visible in plots)."""
+    if len(samples) <= MAX_STORED_SAMPLES:
+        return list(samples)
+    step = len(samples) / MAX_STORED_SAMPLES
+    return [samples[int(i * step)] for i in range(MAX_STORED_SAMPLES)]
+
+
+@dataclass
+class ProfileResults:
+    """Everything one run wrote: the device, each artifact's result and the tools that ran them."""
+
+    device: DeviceInfo
+    artifacts: list[ArtifactResult] = field(default_factory=list)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    target: str = ""
+    bundle: str = ""
+    created: str = field(default_factory=_now)
+    partial: bool = False  # the run stopped early (e.g. the device disconnected): not every artifact ran
+    partial_reason: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def mark_partial(self, reason: str) -> None:
+        self.partial, self.partial_reason = True, reason
+
+    def to_json(self) -> dict[str, Any]:
+        """The header keys first, so a person opening the file sees what and where before numbers."""
+        d = dataclasses.asdict(self)
+        head = {k: d.pop(k) for k in ("format_version", "created", "partial", "partial_reason", "target", "bundle",
+                                      "device", "tool_versions")}
+        return {**head, **d}
+
+    def write(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")  # a crash mid-write never leaves half a results.json
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(p)
+        return p
+
+
+def load_results(path: str | Path) -> ProfileResults:
+    """Read a results.json strictly (unknown keys or unlabelled numbers are refused)."""
+    from dcl_core.config import from_dict
+
+    p = Path(path)
+    if not p.is_file():
+        raise DclError(f"{p} does not exist; pass a {RESULTS_FILE} written by `dcl profile`")
+    try:
+        raw = json.loads(p.read_text())
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format_version {raw.get('format_version')!r}, this dcl reads {FORMAT_VERSION}")
+        return from_dict(ProfileResults, raw, where=p.name)
+    except Exception as e:  # noqa: BLE001 - any parse problem is the same user error
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DclError(f"{p} is not a readable dcl {RESULTS_FILE} ({msg}); re-run `dcl profile`") from None
+
+
+def write_outputs(results: ProfileResults, out_dir: str | Path) -> tuple[Path, Path]:
+    """results.json and report.html into `out_dir` (also used to save partial results)."""
+    out = Path(out_dir)
+    j = results.write(out / RESULTS_FILE)
+    h = out / REPORT_FILE
+    h.write_text(html_report(results))
+    return j, h

@@ -1,0 +1,96 @@
+"""The Method protocol: what a device-cloud method implements to plug into `dcl`.
+
+A method is one folder under toolkit/methods/ with a class derived from `Method`, plus one line in
+`toolkit/methods/registry.py`. The CLI, the exporters and the harness know methods only through
+this interface: `dcl train METHOD`, and for a run directory (whose config.json names its
+method) `dcl eval`, `dcl export`, `dcl simulate`, `dcl import-weights`, and the PyTorch baseline
+`dcl profile` compares runtimes with.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from dcl_core.errors import ConfigError
+
+if TYPE_CHECKING:  # kept out of `dcl --help`'s imports (they pull in torch and the runtimes)
+    from exporters.api import ProgramSpec
+    from exporters.formats import Format
+    from runtime_harness.profile import Baseline
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    """What a user may choose about the on-device training programs of any method."""
+
+    bn: str = "frozen"  # BatchNorm in training programs: "frozen" statistics or batch "train"
+    lr: float | None = None  # on-device SGD learning rate (None: the method's default)
+
+
+@dataclass
+class ExportRecipe:
+    """The named programs of one bundle and the bundle-level facts to record."""
+
+    programs: list[ProgramSpec]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FleetOptions:
+    """Knobs of a fleet simulation; a method uses those that apply to it (None: its default)."""
+
+    devices: int | None = None
+    rounds: int | None = None
+    epochs: int | None = None
+
+
+@dataclass
+class SimulationReport:
+    """What `dcl simulate` prints: a table (one row per engine) and a one-line verdict."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    summary: str
+    record: dict[str, Any]  # the JSON form (--json)
+
+
+class Method(ABC):
+    name: str  # the registry key, also written into every run's config.json
+    title: str  # one line for `dcl train --help`
+
+    # -- cloud
+    @abstractmethod
+    def load_config(self, path: str | None, quick: bool, seed: int | None) -> Any:
+        """The method's config dataclass: defaults, then the file, then quick/seed overrides."""
+
+    @abstractmethod
+    def train(self, cfg: Any, out: Path) -> dict[str, Any]:
+        """Train on the cloud and write the run directory `out` atomically; return its metrics."""
+
+    @abstractmethod
+    def evaluate(self, run_dir: Path) -> dict[str, Any]:
+        """Re-evaluate a run from its checkpoints; the same metrics shape `train` returns."""
+
+    @abstractmethod
+    def results_table(self, metrics: dict[str, Any]) -> str:
+        """The console table of a run's metrics."""
+
+    # -- devices
+    @abstractmethod
+    def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
+        """The bundle's programs for a run, with real validation inputs and training batches."""
+
+    @abstractmethod
+    def baselines(self, run_dir: Path, manifest_programs: dict[str, Any]) -> dict[str, Baseline]:
+        """PyTorch eager programs for `dcl profile`, keyed by program name. `manifest_programs`
+        maps program names to their manifest records (e.g. to read the exported optimizer)."""
+
+    def simulate(self, run_dir: Path, runtime: Format, options: FleetOptions, log: Log) -> SimulationReport:
+        raise ConfigError(f"method {self.name} has no fleet simulation")
+
+    def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None) -> dict[str, Any]:
+        raise ConfigError(f"method {self.name} does not import device weights")
