@@ -1,7 +1,8 @@
-"""Typed configs: dataclasses loaded from TOML or JSON with strict key checking.
+"""Typed configs: dataclasses loaded from TOML or JSON with strict key and range checking.
 
-Unknown keys are errors (a typo must not silently fall back to a default), and every error names
-the offending key and the file it came from.
+Unknown keys are errors (a typo must not silently fall back to a default), values must have the
+field's type and lie in its declared range (`bounded`), and every error names the offending key
+and the file it came from: all before any work starts.
 """
 from __future__ import annotations
 
@@ -32,7 +33,36 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+        _check_range(fields[name], kwargs[name], f"{where}.{name}")
     return cls(**kwargs)
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field whose value must lie in a range, checked when a config is decoded."""
+    limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(default=default, metadata={"bounds": limits})
+
+
+def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
+    bounds = f.metadata.get("bounds", {})
+    if not bounds or value is None:
+        return
+    if isinstance(value, (list, tuple)):  # every item of a list field (e.g. layer widths)
+        for i, item in enumerate(value):
+            _check_range(f, item, f"{where}[{i}]")
+        return
+    if isinstance(value, float) and value != value:  # NaN satisfies no range
+        raise ConfigError(f"{where}: must be a number, got nan")
+    for key, limit in bounds.items():
+        symbol, ok = _BOUNDS[key]
+        if not ok(value, limit):
+            rng = " and ".join(f"{_BOUNDS[k][0]} {v:g}" for k, v in bounds.items())
+            raise ConfigError(f"{where}: must be {rng}, got {value!r}")
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -72,13 +102,14 @@ def load_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass an existing .toml or .json file")
-    text = p.read_text()
     try:
-        if p.suffix == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError, OSError) as e:
         raise ConfigError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} holds a {type(data).__name__}; it must be a table of keys")
+    return data
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

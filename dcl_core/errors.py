@@ -41,5 +41,9 @@ class BundleError(DclError):
     """A bundle or manifest is missing, corrupt, or fails its sha256 check."""
 
 
+class OutputError(DclError):
+    """An output destination that cannot or must not be written (a user's files, an input)."""
+
+
 class DeviceError(DclError):
     """A device is missing, unauthorized, disconnected, or lacks a runner."""

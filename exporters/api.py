@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dcl_core.atomic import atomic_dir
 from dcl_core.bundle import Artifact, Manifest, Program, TensorSpec, Validation, describe_files, now
 from dcl_core.errors import ExportError, TrainingNotExpressible, ValidationError
+from dcl_core.outputs import atomic_output
 from exporters.base import ExportJob, get_exporter
 from exporters.formats import FORMATS, get_format, tool_versions
 from exporters.gate import TRAINING_STEPS, validate_inference, validate_training
@@ -55,15 +55,19 @@ class ProgramSpec:
         return list(self.input_names or (["x"] if n == 1 else [f"input_{i}" for i in range(n)]))
 
 
+BUNDLE = "bundle"  # the output kind of a bundle folder
+
+
 def export(programs: Sequence[ProgramSpec], formats: Sequence[str] = tuple(FORMATS), out_dir: str | Path = "bundle",
            *, target: str = "host", method: str = "custom", steps: int = TRAINING_STEPS,
-           extra: dict | None = None, log=print) -> Manifest:
+           extra: dict | None = None, force: bool = False, inputs: Sequence[str | Path] = (), log=print) -> Manifest:
     """Export every program to every format in `formats`, each artifact verified by the gate;
     write one bundle (manifest.json + artifacts) and return its manifest.
 
     A format that cannot express a training program at all (TrainingNotExpressible) is recorded
     in that program's `not_exported` with its reason and reported; every other failure aborts
-    the export and leaves no bundle.
+    the export and leaves no bundle. The bundle replaces only a previous dcl bundle, with `force`,
+    and never one of `inputs` (dcl_core.outputs).
     """
     names = [p.name for p in programs]
     if not programs or len(set(names)) != len(names):
@@ -74,7 +78,7 @@ def export(programs: Sequence[ProgramSpec], formats: Sequence[str] = tuple(FORMA
             raise ExportError(f"program {p.name!r}: a training export needs train_batches (model inputs + target 'y')")
     manifest = Manifest(method=method, target=target, tool_versions=tool_versions(), created=now(),
                         extra=dict(extra or {}))
-    with atomic_dir(out_dir) as tmp:
+    with atomic_output(out_dir, BUNDLE, force, inputs) as tmp:
         for spec in programs:
             program = Program(spec.name, extra=dict(spec.extra))
             manifest.programs.append(program)
@@ -86,11 +90,11 @@ def export(programs: Sequence[ProgramSpec], formats: Sequence[str] = tuple(FORMA
 
 def export_model(model: nn.Module, example_inputs: Sequence[torch.Tensor], formats: Sequence[str] = tuple(FORMATS),
                  out_dir: str | Path = "bundle", *, name: str = "model", target: str = "host",
-                 method: str = "custom", steps: int = TRAINING_STEPS, extra: dict | None = None, log=print,
-                 **program: Any) -> Manifest:
+                 method: str = "custom", steps: int = TRAINING_STEPS, extra: dict | None = None,
+                 force: bool = False, log=print, **program: Any) -> Manifest:
     """A bundle of one program: `export([ProgramSpec(name, model, example_inputs, **program)], ...)`."""
     return export([ProgramSpec(name, model, tuple(example_inputs), **program)], formats, out_dir, target=target,
-                  method=method, steps=steps, extra=extra, log=log)
+                  method=method, steps=steps, extra=extra, force=force, log=log)
 
 
 def _export_program_format(spec: ProgramSpec, program: Program, fmt: str, bundle: Path, steps: int, log) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from dcl_core.bundle import TensorSpec
 from dcl_core.errors import ExportError
 
+ALL = "*"  # in TrainingSpec.trainable: every parameter of the model
 DTYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32"}  # names used in manifests
 
 __all__ = ["TensorSpec", "TrainingSpec", "loss_fn"]
@@ -41,7 +42,7 @@ class TrainingSpec:
     def trainable_names(self, model: nn.Module) -> list[str]:
         """Full parameter names that train, in model order."""
         names = [n for n, _ in model.named_parameters()]
-        chosen = [n for n in names if any(n == t or n.startswith(t if t.endswith(".") else t + ".")
+        chosen = [n for n in names if any(t == ALL or n == t or n.startswith(t if t.endswith(".") else t + ".")
                                           for t in self.trainable)]
         chosen = [n for n in chosen if not any(n == f or n.startswith(f if f.endswith(".") else f + ".")
                                                for f in self.frozen)]

@@ -19,6 +19,7 @@ from torch import nn
 
 from dcl_core.bundle import Artifact, Program, load_manifest
 from dcl_core.errors import DeviceError
+from dcl_core.outputs import check_destination
 from exporters.formats import get_format, tool_versions
 from exporters.reference import PyTorchInference, PyTorchTraining
 from exporters.runner import open_inference, open_training
@@ -26,7 +27,7 @@ from exporters.spec import TrainingSpec
 from exporters.targets import get_target
 from runtime_harness import metrics
 from runtime_harness.devices.host import host_info, peak_rss_of_artifact
-from runtime_harness.report.results import ArtifactResult, ProfileResults, write_outputs
+from runtime_harness.report.results import PROFILE, ArtifactResult, ProfileResults, write_outputs
 
 DTYPES = {"float32": np.float32, "int64": np.int64, "int32": np.int32}
 EAGER = "pytorch eager"
@@ -112,11 +113,12 @@ def _eager_results(program: Program, base: Baseline, plan: ProfilePlan, target) 
 
 
 def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: ProfilePlan = ProfilePlan(),
-                   baselines: dict[str, Baseline] | None = None, log=print) -> ProfileResults:
+                   baselines: dict[str, Baseline] | None = None, force: bool = False, log=print) -> ProfileResults:
     """Profile every artifact of every program, and on the host each program's PyTorch eager
     baseline where one is given; writes results.json and report.html into out_dir (also when
     partial)."""
     bundle = Path(bundle)
+    check_destination(out_dir, PROFILE, force, [bundle])  # before any measuring
     manifest = load_manifest(bundle)  # sha256-verified: a corrupt bundle stops here
     if device == "host":
         info, target = host_info(), get_target("host")
@@ -141,9 +143,9 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
                 results.artifacts.extend(_eager_results(program, base, plan, target))
     except DeviceError as e:
         results.mark_partial(str(e))
-        write_outputs(results, out_dir)
+        write_outputs(results, out_dir, force, (bundle,))
         raise DeviceError(f"{e} (partial results saved to {Path(out_dir) / 'results.json'})") from None
-    write_outputs(results, out_dir)
+    write_outputs(results, out_dir, force, (bundle,))
     return results
 
 

@@ -20,9 +20,10 @@ from torch import nn
 
 import exporters
 from dcl_core.bundle import load_manifest
-from dcl_core.errors import DeviceError, ExportError
+from dcl_core.errors import DeviceError, ExportError, TrainingNotExpressible
 from exporters.base import ExportJob
 from exporters.coreml.exporter import CoreMLExporter, main_ops
+from exporters.coreml.plan import FROZEN_BATCHNORM, FROZEN_PARTNER
 from exporters.gate import reference_training
 from toolkit.models.examples import embedding_mlp, fused_cnn
 
@@ -256,3 +257,252 @@ def test_prediction_matches_pytorch(make, tmp_path):
     with torch.no_grad():
         want = ex.model(*ex.inputs).numpy()
     assert np.max(np.abs(got[0].reshape(want.shape) - want)) <= 1e-4
+
+
+# ---------------------------------------------------------------- the trainable tail (plan.py)
+
+
+def _relu_cnn_export(tmp_path: Path, trainable: list[str]):
+    model, g = _relu_cnn(), torch.Generator().manual_seed(1)
+    batches = [{"x": torch.rand(4, 1, 28, 28, generator=g), "y": torch.randint(0, 5, (4,), generator=g)}]
+    spec = exporters.TrainingSpec(trainable=trainable, lr=0.05, momentum=0.9, batch_size=4)
+    manifest = exporters.export_model(model, (batches[0]["x"][:1],), formats=["coreml"], out_dir=tmp_path / "b",
+                                      training=spec, output_names=["logits"], train_batches=batches, **QUIET)
+    return manifest.artifact("model_coreml_train")
+
+
+def test_full_request_makes_every_weight_layer_of_the_tail_updatable(tmp_path):
+    """No cap on the number of updatable layers (Apple's validator has none): both convs and the
+    head train; the BatchNorms' affine parameters, though requested, stay frozen, and say why."""
+    art = _relu_cnn_export(tmp_path, [exporters.spec.ALL])
+    assert art.trainable == ["0.weight", "3.weight", "3.bias", "8.weight", "8.bias"] and art.validation.passed
+    assert art.details["trains"] == art.trainable and art.details["backprop_stops_at"] == "the model input 'x'"
+    assert art.details["left_frozen"] == {FROZEN_BATCHNORM: ["1.weight", "1.bias", "4.weight", "4.bias"]}
+    assert len(art.details["updatable_layers"]) == 3
+
+
+def test_a_layer_whose_bias_is_frozen_stays_frozen_with_the_reason(tmp_path):
+    """Core ML updates a layer's weight and bias together: a request for the head's weight alone
+    trains the conv below it and reports the head's weight as left frozen."""
+    art = _relu_cnn_export(tmp_path, ["8.weight", "3"])
+    assert art.trainable == ["3.weight", "3.bias"] and art.validation.passed
+    assert art.details["left_frozen"] == {FROZEN_PARTNER: ["8.weight"]}
+
+
+def test_a_request_nothing_of_which_can_train_is_refused_with_the_reasons(tmp_path):
+    """BatchNorm parameters alone: Core ML updates only convolution and innerProduct layers."""
+    model, g = _relu_cnn(), torch.Generator().manual_seed(1)
+    x, y = torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 5, (4,), generator=g)
+    job = ExportJob(model, (x,), ["x"], ["logits"], tmp_path, "t", target=y,
+                    spec=exporters.TrainingSpec(trainable=["1", "4"], batch_size=4))
+    with pytest.raises(TrainingNotExpressible, match="cannot train any requested parameter") as e:
+        CoreMLExporter().export_training(job)
+    assert f"{FROZEN_BATCHNORM}: 1.weight, 1.bias, 4.weight, 4.bias" in str(e.value)
+
+
+def test_a_sum_of_branches_is_refused_even_for_a_full_request(tmp_path):
+    class TwoBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 3), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.rand(4, 6, generator=g), "y": torch.randint(0, 3, (4,), generator=g)}]
+    manifest = exporters.export_model(TwoBranch().eval(), (batches[0]["x"][:1],), formats=["coreml"],
+                                      out_dir=tmp_path / "b", training=exporters.TrainingSpec(trainable=["*"]),
+                                      output_names=["logits"], train_batches=batches, **QUIET)
+    (entry,) = manifest.not_exported
+    assert entry["kind"] == "training" and "'logits' (add)" in entry["reason"]
+    assert "backpropagates only through" in entry["reason"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """corpus(name, training) -> (program, bundle dir, manifest), each exported once per module."""
+    from dcl_core.errors import DataMissingError
+    from toolkit.models.corpus import CORPUS
+
+    done = {}
+
+    def get(name: str, training: str):
+        if (name, training) not in done:
+            try:
+                program = CORPUS[name](training)
+            except DataMissingError as e:
+                pytest.skip(str(e))
+            out = tmp_path_factory.mktemp("corpus") / f"{name}_{training}"
+            done[name, training] = program, out, exporters.export([program], ["coreml"], out, **QUIET)
+        return done[name, training]
+
+    return get
+
+
+def _training_artifact(manifest):
+    (art,) = [a for a in manifest.artifacts if a.kind == "training"]
+    return art
+
+
+def _batchnorm_params(model: nn.Module) -> list[str]:
+    return [f"{m}.{p}" for m, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)
+            for p, _ in module.named_parameters(recurse=False)]
+
+
+_SLOW = pytest.mark.slow  # EfficientNet-Lite0 at 224x224: ~30 s per export on 2 cores
+_MOBILENET_TAIL = ["features.6.block.0.0.weight", "features.6.block.1.0.weight", "features.6.block.2.weight",
+                   "features.7.0.weight", "classifier.weight", "classifier.bias"]
+
+
+@pytest.mark.parametrize("name, trains, stop, rewrites", [
+    # the last inverted residual (expand, depthwise, project; no skip) and the last conv: ReLU6 and
+    # the spatial mean rewritten; the skip connection's add before them stops backpropagation
+    ("mobilenet_v2", _MOBILENET_TAIL, "(add)", ["clip", "clip", "clip", "mean"]),
+    ("resnet", ["fc.weight", "fc.bias"], "(add)", []),  # every block ends in its residual add
+    ("transformer", ["head.weight", "head.bias"], "(reduceMean)", []),  # a mean over the sequence axis
+    pytest.param("efficientnet_lite0", ["net._fc.weight", "net._fc.bias"], "(multiply)", [],  # swish
+                 marks=_SLOW),
+])
+def test_full_network_request_trains_the_longest_tail(corpus, name, trains, stop, rewrites):
+    program, _, manifest = corpus(name, "full")
+    art = _training_artifact(manifest)
+    requested = [n for n, _ in program.model.named_parameters()]
+    assert art.trainable == trains and art.details["trains"] == trains and art.details["requested"] == requested
+    assert art.details["backprop_stops_at"].endswith(stop)
+    assert sorted(r["kind"] for r in art.details["rewrites"]) == rewrites
+    frozen = art.details["left_frozen"]
+    assert sorted(n for names in frozen.values() for n in names) == sorted(set(requested) - set(trains))
+    assert frozen.get(FROZEN_BATCHNORM, []) == _batchnorm_params(program.model)
+    assert all(why == FROZEN_BATCHNORM or why.startswith("backpropagation from the loss stops at") for why in frozen)
+    v = art.validation
+    assert not v.checked and v.passed and "rewrites" in v.reason and "accounted for" in v.reason, v.reason
+    assert [n["kind"] for n in manifest.not_exported] == []
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet", "transformer", "embedding_mlp",
+                                  pytest.param("efficientnet_lite0", marks=_SLOW)])
+def test_head_fine_tune_of_every_corpus_model_passes_the_structural_gate(corpus, name):
+    program, _, manifest = corpus(name, "head")
+    art = _training_artifact(manifest)
+    head = program.training.trainable_names(program.model)
+    assert art.trainable == head and len(head) == 2 and art.details["left_frozen"] == {}
+    assert list(art.details["updatable_layers"].values()) == [head] and art.details["rewrites"] == []
+    assert not art.validation.checked and art.validation.passed, art.validation.reason
+
+
+def _run_tail(nn_spec, source: str, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Core ML's layers from blob `source` to the loss input, replayed in torch as the NeuralNetwork
+    proto defines them (the kinds a trainable tail holds). `weights` gets each weight layer's
+    weight and bias as leaves, updatable ones requiring grad."""
+    from exporters.coreml.plan import layer_weight, producers
+
+    producer, loss = producers(nn_spec), nn_spec.updateParams.lossLayers[0]
+    path, blob = [], getattr(loss, loss.WhichOneof("LossLayerType")).input
+    while blob != source:
+        path.append(producer[blob])
+        blob = producer[blob].input[0]
+    for layer in reversed(path):
+        kind = layer.WhichOneof("layer")
+        if kind in ("convolution", "innerProduct"):
+            w, b = (torch.tensor(t).requires_grad_(layer.isUpdatable) if t is not None else None for t in layer_weight(layer))
+            weights[layer.name], weights[layer.name + ".bias"] = w, b
+            if kind == "innerProduct":
+                x = (x.reshape(len(x), -1) @ w.T + (0 if b is None else b))[..., None, None]
+            else:
+                c = layer.convolution
+                (top, left) = ((a.startEdgeSize, a.endEdgeSize) for a in c.valid.paddingAmounts.borderAmounts)
+                x = F.conv2d(F.pad(x, (*left, *top)), w, b, stride=list(c.stride), groups=c.nGroups)
+        elif kind == "batchnorm":
+            bn = layer.batchnorm
+            gamma, beta, mean, var = (torch.tensor(v.floatValue).reshape(1, -1, 1, 1)
+                                      for v in (bn.gamma, bn.beta, bn.mean, bn.variance))
+            x = (x - mean) / torch.sqrt(var + bn.epsilon) * gamma + beta
+        elif kind == "activation":
+            x = F.relu(x)
+        elif kind == "pooling":
+            x = x.mean((2, 3), keepdim=True)
+        elif kind == "softmax":
+            x = F.softmax(x, dim=1)
+        else:
+            raise AssertionError(f"{layer.name} ({kind}) has no place in a trainable tail")
+    return x
+
+
+def test_mobilenet_tail_computes_pytorchs_loss_and_gradients(corpus):
+    """The rewritten tail (ReLU6 as ReLUs and batchnorm affines, the mean as pooling), replayed from
+    the spec from PyTorch's activation where it starts, gives PyTorch's loss and the gradient of
+    every parameter that trains: this checks the rewrites and the updatable set, not Core ML's runtime."""
+    program, out, manifest = corpus("mobilenet_v2", "full")
+    art = _training_artifact(manifest)
+    nn_spec = ct.utils.load_spec(str(out / art.path)).neuralNetwork
+    earliest = next(layer for layer in nn_spec.layers if layer.isUpdatable)  # layers are in topological order
+    model, batch = program.model, program.train_batches[0]
+    x, y = batch["x"][:1], batch["y"][:1]
+    entry = {}
+    hook = model.features[6].register_forward_pre_hook(lambda m, a: entry.setdefault("x", a[0].detach()))
+    params = dict(model.named_parameters())
+    for n, p in params.items():
+        p.requires_grad_(n in art.trainable)
+    try:
+        loss = F.cross_entropy(model(x), y)
+        grads = dict(zip(art.trainable, torch.autograd.grad(loss, [params[n] for n in art.trainable])))
+    finally:
+        hook.remove()
+        for p in params.values():
+            p.requires_grad_(True)
+    weights: dict[str, torch.Tensor] = {}
+    probabilities = _run_tail(nn_spec, earliest.input[0], entry["x"], weights)
+    core_ml_loss = -torch.log(probabilities.reshape(-1)[y])
+    core_ml_loss.sum().backward()
+    assert math.isclose(core_ml_loss.item(), loss.item(), rel_tol=1e-5)
+    for layer, names in art.details["updatable_layers"].items():
+        for tensor, name in zip((weights[layer], weights[layer + ".bias"]), names):
+            assert torch.allclose(tensor.grad, grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def _corrupt_clip_rewrite(spec):
+    next(l for l in spec.neuralNetwork.layers if l.name.endswith("_flip")).batchnorm.beta.floatValue[0] = 5.0
+
+
+def _mark_a_conv_beyond_the_stop_updatable(spec):
+    layer = next(l for l in spec.neuralNetwork.layers if l.WhichOneof("layer") == "convolution")
+    layer.isUpdatable = layer.convolution.weights.isUpdatable = True
+
+
+def _restore_a_clip(spec):
+    """Put a clip back where a rewrite replaced it: backpropagation cannot pass it."""
+    layer = next(l for l in spec.neuralNetwork.layers if l.name.endswith("_unflip"))
+    layer.clip.maxVal = 6.0
+
+
+@pytest.mark.parametrize("tamper, failure", [
+    (_corrupt_clip_rewrite, "do not compute the clip"),
+    (_mark_a_conv_beyond_the_stop_updatable, "updatable layers"),
+    (_restore_a_clip, "backpropagation path"),
+])
+def test_validate_structure_refuses_a_wrong_tail(corpus, tmp_path, tamper, failure):
+    program, out, manifest = corpus("mobilenet_v2", "full")
+    art = _training_artifact(manifest)
+    shutil.copy(out / art.path, tmp_path / art.path)
+    batch = program.train_batches[0]
+    job = ExportJob(program.model, (batch["x"],), ["x"], ["logits"], tmp_path, art.name, target=batch["y"],
+                    spec=program.training)
+    exporter = CoreMLExporter()
+    assert exporter.validate_structure(art, job).passed
+    spec = ct.utils.load_spec(str(tmp_path / art.path))
+    tamper(spec)
+    ct.utils.save_spec(spec, str(tmp_path / art.path))
+    v = exporter.validate_structure(art, job)
+    assert v.checked and not v.passed and failure in v.reason, v.reason
+
+
+def test_validate_structure_refuses_a_manifest_that_hides_a_frozen_parameter(corpus, tmp_path):
+    program, out, manifest = corpus("mobilenet_v2", "full")
+    art = _training_artifact(manifest)
+    frozen = {why: names[1:] for why, names in art.details["left_frozen"].items()}
+    batch = program.train_batches[0]
+    job = ExportJob(program.model, (batch["x"],), ["x"], ["logits"], out, art.name, target=batch["y"],
+                    spec=program.training)
+    v = CoreMLExporter().validate_structure(dataclasses.replace(art, details={**art.details, "left_frozen": frozen}), job)
+    assert not v.passed and "requested parameters accounted for" in v.reason, v.reason

@@ -15,6 +15,10 @@ import click
 from dcl_core.errors import DclError
 from toolkit.methods.registry import method_names
 
+FORCE_HELP = "Replace a previous dcl output of the same kind at --out (never anything dcl did not create)."
+COUNT = click.IntRange(min=1)
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
 
 def _emit(obj: Any, as_json: bool, table: str) -> None:
     click.echo(json.dumps(obj, indent=2) if as_json else table)
@@ -42,21 +46,26 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 @cli.command("train")
-@click.argument("method", type=click.Choice(method_names()))
+@click.argument("method", type=click.Choice(method_names()), metavar="METHOD")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON config file.")
 @click.option("--out", default=None, help="Run directory to write (default: runs/METHOD).")
 @click.option("--quick", is_flag=True, help="Small data, few epochs: a few minutes on 2 cores.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable metrics instead of tables.")
-def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool, seed: int | None,
+def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool, seed: int | None, force: bool,
               as_json: bool) -> None:
     """Train METHOD on the cloud and write a run directory."""
+    from dcl_core.outputs import check_destination
     from toolkit.distributed import context
     from toolkit.methods.registry import get_method
+    from toolkit.run import RUN
 
     m = get_method(method)
     out = out or f"runs/{method}"
-    metrics = m.train(m.load_config(config_path, quick, seed), Path(out))
+    cfg = m.load_config(config_path, quick, seed)
+    check_destination(out, RUN, force)  # before hours of training, not after
+    metrics = m.train(cfg, Path(out), force)
     if context().is_main:
         shown = {k: v for k, v in metrics.items() if k != "log"}
         _emit(shown, as_json, m.results_table(metrics) + f"\n\nrun written to {out}")
@@ -92,31 +101,48 @@ def targets_cmd(as_json: bool) -> None:
 
 
 @cli.command("export")
-@click.argument("run_dir")
+@click.argument("run_dir", required=False)
+@click.option("--model", "model_ref", default=None, metavar="PKG.MODULE:FACTORY",
+              help="Export your own model instead of a run: a factory returning (model, example_inputs) or ProgramSpecs.")
 @click.option("--target", required=True, help="A phone from `dcl targets`, or host.")
 @click.option("--formats", default="", help="Comma-separated formats (default: all the target supports).")
 @click.option("--out", default=None, help="Bundle directory (default: bundles/<target>).")
 @click.option("--bn", type=click.Choice(["frozen", "train"]), default="frozen", show_default=True,
-              help="BatchNorm in the training programs: frozen statistics, or batch statistics.")
-@click.option("--lr", type=float, default=None, help="SGD learning rate of the on-device steps (default: the method's).")
+              help="BatchNorm in a run's training programs: frozen statistics, or batch statistics.")
+@click.option("--lr", type=POSITIVE, default=None, help="SGD learning rate of a run's on-device steps (default: the method's).")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str, lr: float | None,
-               as_json: bool) -> None:
-    """Export a run for a phone: verified inference and on-device training artifacts."""
-    from exporters.api import export
+def export_cmd(run_dir: str | None, model_ref: str | None, target: str, formats: str, out: str | None, bn: str,
+               lr: float | None, force: bool, as_json: bool) -> None:
+    """Export a run (RUN_DIR) or your own model (--model) for a phone: verified inference and
+    on-device training artifacts."""
+    from dcl_core.outputs import check_destination
+    from exporters.api import BUNDLE, export
     from exporters.targets import get_target, resolve_formats
-    from toolkit.methods.base import ExportOptions
-    from toolkit.methods.registry import method_of_run
 
+    if (run_dir is None) == (model_ref is None):
+        raise click.UsageError("give either a RUN_DIR or --model PKG.MODULE:FACTORY")
     t = get_target(target)
     fmts = resolve_formats(t, [f.strip() for f in formats.split(",") if f.strip()])
     out = out or f"bundles/{t.key}"
+    inputs = [run_dir] if run_dir else []
+    check_destination(out, BUNDLE, force, inputs)
     log = _log(as_json)
-    m = method_of_run(run_dir)
-    log(f"exporting {run_dir} ({m.name}) for {t.key} ({', '.join(fmts)}) -> {out}")
-    recipe = m.export_recipe(Path(run_dir), ExportOptions(bn=bn, lr=lr), log)
-    manifest = export(recipe.programs, fmts, out, target=t.key, method=m.name,
-                      extra={"run_dir": str(Path(run_dir).resolve()), **recipe.extra}, log=log)
+    if model_ref is not None:
+        from toolkit.factory import load_programs
+
+        programs, method, extra = load_programs(model_ref), "custom", {"model": model_ref}
+        log(f"exporting {model_ref} for {t.key} ({', '.join(fmts)}) -> {out}")
+    else:
+        from toolkit.methods.base import ExportOptions
+        from toolkit.methods.registry import method_of_run
+
+        m = method_of_run(run_dir)
+        log(f"exporting {run_dir} ({m.name}) for {t.key} ({', '.join(fmts)}) -> {out}")
+        recipe = m.export_recipe(Path(run_dir), ExportOptions(bn=bn, lr=lr), log)
+        programs, method, extra = recipe.programs, m.name, {"run_dir": str(Path(run_dir).resolve()), **recipe.extra}
+    manifest = export(programs, fmts, out, target=t.key, method=method, extra=extra, force=force, inputs=inputs,
+                      log=log)
     _emit(manifest.to_json(), as_json, f"bundle written to {out} ({len(manifest.artifacts)} verified artifacts)")
 
 
@@ -125,11 +151,12 @@ def export_cmd(run_dir: str, target: str, formats: str, out: str | None, bn: str
 @click.argument("weights")
 @click.option("--program", default=None, help="The bundle program the weights come from (default: the only one).")
 @click.option("--name", default=None, help="Checkpoint name to write in the run (default: the method's).")
-def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint of that name.")
+def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: str | None, force: bool) -> None:
     """Load weights returned by a device runtime (.safetensors/.npz) into a run's checkpoints."""
     from toolkit.methods.registry import method_of_run
 
-    info = method_of_run(run_dir).import_weights(Path(run_dir), Path(weights), program, name)
+    info = method_of_run(run_dir).import_weights(Path(run_dir), Path(weights), program, name, force)
     click.echo(f"imported {info['imported']} tensors into {info['checkpoint']}")
 
 
@@ -137,9 +164,9 @@ def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: st
 @click.argument("run_dir")
 @click.option("--runtime", type=click.Choice(_trainable_formats(), case_sensitive=False), required=True,
               help="The runtime whose training artifact the virtual devices step.")
-@click.option("--devices", type=int, default=None, help="Virtual devices (default: the method's).")
-@click.option("--rounds", type=int, default=None, help="Rounds (default: the method's).")
-@click.option("--epochs", type=int, default=None, help="Local epochs per round (default: the run's).")
+@click.option("--devices", type=COUNT, default=None, help="Virtual devices (default: the method's).")
+@click.option("--rounds", type=COUNT, default=None, help="Rounds (default: the method's).")
+@click.option("--epochs", type=COUNT, default=None, help="Local epochs per round (default: the run's).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | None, epochs: int | None,
                  as_json: bool) -> None:
@@ -158,16 +185,20 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
 @cli.command("profile")
 @click.argument("bundle_dir", required=False)
 @click.option("--device", default="host", show_default=True, help="host, or an adb serial (phone or emulator-5554).")
-@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (at least).")
-@click.option("--duration", type=float, default=1.0, show_default=True, help="Minimum timed seconds per artifact.")
-@click.option("--threads", type=int, default=1, show_default=True)
-@click.option("--sustained", type=float, default=0.0, help="Also run each artifact this many seconds and report drift.")
+@click.option("--runs", type=COUNT, default=50, show_default=True, help="Timed runs (at least).")
+@click.option("--duration", type=click.FloatRange(0, 3600), default=1.0, show_default=True,
+              help="Minimum timed seconds per artifact.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--sustained", type=click.FloatRange(0, 24 * 3600), default=0.0,
+              help="Also run each artifact this many seconds and report drift.")
 @click.option("--out", default=None, help="Folder for results.json and report.html (default: BUNDLE_DIR/profile-<device>).")
 @click.option("--html", "html_path", default=None, help="Also copy the HTML report here.")
 @click.option("--compare", nargs=2, default=None, metavar="A.json B.json", help="Show two results side by side as ratios.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
 def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float, threads: int, sustained: float,
-                out: str | None, html_path: str | None, compare: tuple[str, str] | None, as_json: bool) -> None:
+                out: str | None, html_path: str | None, compare: tuple[str, str] | None, force: bool,
+                as_json: bool) -> None:
     """Measure latency, memory and energy of every artifact in a bundle."""
     import shutil
 
@@ -185,12 +216,27 @@ def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float,
     from runtime_harness.profile import ProfilePlan, profile_bundle
 
     out_dir = Path(out or Path(bundle_dir) / f"profile-{device}")
+    if html_path:
+        _check_file_output(Path(html_path), force)
     manifest = load_manifest(bundle_dir)  # sha256-verified: a corrupt bundle stops here
     res = profile_bundle(bundle_dir, device, out_dir, ProfilePlan(runs, duration, threads, sustained),
-                         baselines=_baselines(manifest), log=_log(as_json))
+                         baselines=_baselines(manifest), force=force, log=_log(as_json))
     if html_path:
         shutil.copyfile(out_dir / "report.html", html_path)
     _emit(res.to_json(), as_json, console_table(res) + f"\n\nresults: {out_dir / 'results.json'}, report: {out_dir / 'report.html'}")
+
+
+def _check_file_output(path: Path, force: bool) -> None:
+    """A single-file output (--html): its folder must exist, and an existing file is replaced
+    only with --force; checked before any work."""
+    from dcl_core.errors import OutputError
+
+    if not path.parent.is_dir():
+        raise OutputError(f"--html {path}: folder {path.parent} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise OutputError(f"--html {path} is a folder; give a file path")
+    if path.exists() and not force:
+        raise OutputError(f"--html {path} exists; pass --force to replace it, or choose another path")
 
 
 def _baselines(manifest) -> dict:
@@ -203,23 +249,45 @@ def _baselines(manifest) -> dict:
     return method_of_run(run_dir).baselines(Path(run_dir), {p.name: p for p in manifest.programs})
 
 
+class Terminated(BaseException):
+    """SIGTERM (what a scheduler or CI sends), unwound like Ctrl-C so outputs are cleaned up (not a
+    KeyboardInterrupt, which click would turn into a plain "aborted")."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="dcl", standalone_mode=False)
     except DclError as e:
         click.echo(f"dcl: error: {e}", err=True)
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("dcl: aborted", err=True)
+    except click.exceptions.Abort:  # click's form of Ctrl-C
+        click.echo("dcl: interrupted; nothing was written", err=True)
         return 130
+    except Terminated:
+        click.echo("dcl: terminated (SIGTERM); nothing was written", err=True)
+        return 143
     except KeyboardInterrupt:
         click.echo("dcl: interrupted; nothing was written", err=True)
         return 130
-    except click.ClickException as e:
-        e.show()
+    except OSError as e:  # a full disk, a vanished folder: the system's reason, in one line
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"dcl: error: {e.strerror or e}{where}; nothing was written", err=True)
+        return 1
+    except click.ClickException as e:  # bad usage: one line, with where to read more
+        hint = f"; see `{e.ctx.command_path} --help`" if isinstance(e, click.UsageError) and e.ctx else ""
+        click.echo(f"dcl: error: {e.format_message().rstrip('.')}{hint}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,8 +13,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dcl_core.atomic import atomic_dir
 from dcl_core.errors import CheckpointError
+from dcl_core.outputs import atomic_output
 
 
 class RunDir:
@@ -44,9 +45,24 @@ class RunDir:
     def save_model(self, name: str, model: nn.Module) -> Path:
         p = self.checkpoint_path(name)
         p.parent.mkdir(parents=True, exist_ok=True)
-        # contiguous clones: safetensors refuses shared or strided storage
-        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(p))
+        tmp = p.with_name(f".{p.name}.tmp")  # never half a checkpoint under its real name
+        try:
+            # contiguous clones: safetensors refuses shared or strided storage
+            save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
+            tmp.replace(p)
+        finally:
+            tmp.unlink(missing_ok=True)
         return p
+
+    def save_new_checkpoint(self, name: str, model: nn.Module, force: bool = False) -> Path:
+        """Save under a user-given name: a plain file name, never replacing a checkpoint unless asked."""
+        if not CHECKPOINT_NAME.fullmatch(name) or ".." in name:
+            raise CheckpointError(f"checkpoint name {name!r} is not allowed; use letters, digits, '_', '-' or '.' "
+                                  "(no path separators, not starting with '.')")
+        path = self.checkpoint_path(name)
+        if path.exists() and not force:
+            raise CheckpointError(f"checkpoint {path} exists; pass --force to replace it, or --name another name")
+        return self.save_model(name, model)
 
     def load_model(self, name: str, model: nn.Module) -> nn.Module:
         load_state(model, self.checkpoint_path(name))
@@ -61,17 +77,40 @@ def load_state(model: nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or not safetensors ({e}); re-run `dcl train`") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "shape mismatch"
-        raise CheckpointError(f"checkpoint {path} does not fit the model in config.json ({first})") from None
+    expected = model.state_dict()
+    for problem in (_missing(expected, state), _unexpected(expected, state), _wrong_shape(expected, state)):
+        if problem:
+            raise CheckpointError(f"checkpoint {path} does not fit the model in config.json: {problem}; "
+                                  "re-run `dcl train` or point at the right run directory")
+    model.load_state_dict(state, strict=True)
+
+
+def _missing(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
+    names = sorted(set(expected) - set(got))
+    return f"tensor {names[0]!r} is missing" if names else ""
+
+
+def _unexpected(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
+    names = sorted(set(got) - set(expected))
+    return f"tensor {names[0]!r} is not in the model" if names else ""
+
+
+def _wrong_shape(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
+    for name, t in expected.items():
+        if tuple(got[name].shape) != tuple(t.shape):
+            return f"tensor {name!r} has shape {tuple(got[name].shape)}, the model expects {tuple(t.shape)}"
+    return ""
+
+
+RUN = "run"  # the output kind of a run directory
+CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 @contextmanager
-def atomic_run_dir(final: str | Path) -> Iterator[RunDir]:
-    """Yield a RunDir in a temp folder next to `final`; it becomes `final` on success only."""
-    with atomic_dir(final) as tmp:
+def atomic_run_dir(final: str | Path, force: bool = False) -> Iterator[RunDir]:
+    """Yield a RunDir in a temp folder next to `final`; it becomes `final` on success only
+    (replacing a previous run there only with `force`)."""
+    with atomic_output(final, RUN, force) as tmp:
         yield RunDir(tmp)
 
 
@@ -80,13 +119,24 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights a device returned (.safetensors or .npz, never pickle): float32 and finite only,
+    since every runtime trains in float32 and a cast or a NaN would silently corrupt a model."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"weights file {p} does not exist; pass the .safetensors or .npz the device returned")
     try:
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
-                return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
-        return load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as e:
+                weights = {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+        else:
+            weights = load_file(str(p))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"weights file {p} is corrupt or not .safetensors/.npz ({e})") from None
+    for name, t in weights.items():
+        if t.dtype != torch.float32:
+            raise CheckpointError(f"weights file {p}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}; "
+                                  "device weights must be float32 (as the runtimes return them)")
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"weights file {p}: tensor {name!r} has NaN or Inf values; the device's training "
+                                  "diverged (lower its learning rate), nothing was imported")
+    return weights

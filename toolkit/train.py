@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dcl_core.config import bounded
 from dcl_core.errors import ConfigError
 from toolkit.data.imageset import ImageSet
 from toolkit.distributed import context
@@ -42,15 +43,15 @@ class Batchable(Protocol):
 @dataclass
 class OptimConfig:
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 1
-    batch_size: int = 64
+    lr: float = bounded(0.01, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(5e-4, ge=0)
+    epochs: int = bounded(1, ge=0)  # 0 only where a stage is optional (fine-tuning: off)
+    batch_size: int = bounded(64, ge=1)
     # constant; cosine (to 0 over all steps); step (x0.1 after half the epochs: the authors'
     # "Adam 1e-3 then 1e-4" for the mimic)
     schedule: Literal["constant", "cosine", "step"] = "constant"
-    grad_clip: float = 0.0  # 0: off
+    grad_clip: float = bounded(0.0, ge=0)  # 0: off
 
 
 def progress_enabled() -> bool:

@@ -66,10 +66,11 @@ def source_dtypes(names: list[str], tensors: tuple[torch.Tensor, ...], dtypes: d
 
 
 def blob_shapes(mlmodel: Any) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every blob, from the MIL program the neural network was translated from
-    (the NN spec itself does not record intermediate shapes)."""
-    shapes = {}
-    for op in mlmodel._mil_program.functions["main"].operations:
+    """Static shapes of every blob, the model inputs included, from the MIL program the neural
+    network was translated from (the NN spec itself does not record intermediate shapes)."""
+    main = mlmodel._mil_program.functions["main"]
+    shapes = {name: tuple(int(d) for d in var.shape) for name, var in main.inputs.items()}
+    for op in main.operations:
         for out in op.outputs:
             shapes[out.name] = tuple(int(d) for d in out.shape)
     return shapes

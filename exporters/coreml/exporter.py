@@ -7,8 +7,9 @@ signature, MIL ops and fp32 precision, and for training the rules Apple's compil
 updatable networks plus agreement with the PyTorch model.
 
 The exporter only orchestrates: `convert` turns PyTorch into Core ML, `plan` decides what can
-train (and explains Core ML's training rules), `passes` rewrites the neural network into an
-updatable one, `validate` checks the result structurally.
+train (the longest trainable tail of the requested parameters, and explains Core ML's training
+rules), `passes` rewrites the neural network into an updatable one, `validate` checks the result
+structurally.
 """
 from __future__ import annotations
 
@@ -63,17 +64,20 @@ class CoreMLExporter(Exporter):
         run_passes(model_spec, rewrite.passes)
         rel = f"{job.name}.mlmodel"
         save_spec(model_spec, job.bundle / rel)
-        updatable = {n for names in plan.params.values() for n in names}
+        # the trainable tail may be narrower than the request: `trains` is what the program
+        # updates (the gate re-checks against it), `left_frozen` says why the rest does not
         return Artifact(
             name=job.name, path=rel, format=self.format, kind="training",
             inputs=self._training_inputs(job, sample, spec.loss, plan),
             outputs=[TensorSpec(job.output_names[0], out_shape, "float32")],
-            trainable=[n for n in spec.trainable_names(job.model) if n in updatable],
+            trainable=plan.trains,
             details={"model_type": "neuralNetwork", "spec_version": model_spec.specificationVersion,
-                     "updatable_layers": plan.params, "loss_layer": LOSS_NAME, "loss_input": rewrite.loss_input,
+                     "requested": plan.requested, "trains": plan.trains, "left_frozen": plan.left_frozen,
+                     "updatable_layers": plan.params, "backprop_stops_at": plan.stop,
+                     "rewrites": [r.record() for r in plan.rewrites],
+                     "loss_layer": LOSS_NAME, "loss_input": rewrite.loss_input,
                      "target": job.target_name, "mini_batch_size": spec.batch_size, "epochs": 1,
-                     "per_example_features": True, "backprop_stops_at": plan.stop,
-                     "head_reparametrization": rewrite.reparam,
+                     "per_example_features": True, "head_reparametrization": rewrite.reparam,
                      "source_dtypes": source_dtypes(job.input_names, job.inputs, NN_DTYPES)})
 
     def runnable_here(self, kind: str) -> tuple[bool, str]:

@@ -1,10 +1,10 @@
 """Rewrites of a converted neural network spec into an updatable one, as small named passes.
 
 Each pass is a callable that takes the Model spec and makes one edit; `training_rewrite` lists
-them in order for a `plan.Plan`, and `run_passes` applies them. The trainable tail runs in Core
-ML's channel layout [1, C, 1, 1] (a `softmax` layer normalises axis -3; innerProduct maps
-[N, C, 1, 1] to [N, C', 1, 1]), and the rewrite leaves, after the head (blobs named after the
-model output `out`):
+them in order for a `plan.Plan`, and `run_passes` applies them. First the plan's `Rewrite`s make
+the gradient path backpropagable (`rewrite_pass`). The trainable tail runs in Core ML's channel
+layout [1, C, 1, 1] (a `softmax` layer normalises axis -3; innerProduct maps [N, C, 1, 1] to
+[N, C', 1, 1]), and the rewrite leaves, after the head (blobs named after the model output `out`):
     cross_entropy    head -> out_per_class -> reshape -> out;  out_per_class -> softmax -> out_probabilities -> loss
     mse              head -> out_per_class -> reshape -> out;  out_per_class -> loss
     bce_with_logits  head (2 logits) -> out_per_class -> scale -> out_scaled -> difference -> out_z -> reshape -> out;
@@ -22,7 +22,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import numpy as np
 
 from dcl_core.errors import ExportError
-from exporters.coreml.plan import Plan, layer_weight
+from exporters.coreml.plan import Plan, Rewrite, layer_weight
 from exporters.spec import TrainingSpec
 
 LOSS_NAME = "loss"
@@ -51,8 +51,9 @@ def training_rewrite(plan: Plan, shapes: dict[str, tuple[int, ...]], output: str
                      spec: TrainingSpec, target: str) -> TrainingRewrite:
     """The passes that turn the converted network into the updatable one `plan` describes."""
     logits = f"{output}_per_class"
-    passes: list[Pass] = [ReadPooledBlob(plan.head, plan.head_input), RemoveLayers(tuple(plan.trailing)),
-                          ToChannelLayout(tuple(plan.params), shapes), RedirectOutput(plan.head, logits)]
+    passes: list[Pass] = [rewrite_pass(r) for r in plan.rewrites]
+    passes += [RemoveLayers(tuple(plan.trailing)), ToChannelLayout(tuple(plan.params), shapes),
+               RedirectOutput(plan.head, logits)]
     reparam, prediction = None, logits
     if spec.loss == "bce_with_logits":
         two_class, scaled, prediction = TwoClassHead(plan.head), f"{output}_scaled", f"{output}_z"
@@ -76,18 +77,76 @@ def mse_target_shape(plan: Plan) -> list[int]:
     return [1, plan.head_channels, 1, 1]
 
 
-# ---------------------------------------------------------------- layer graph
+# ---------------------------------------------------------------- the gradient path (plan.Rewrite)
+
+
+def rewrite_pass(rewrite: Rewrite) -> Pass:
+    """The pass that carries out one of the plan's rewrites."""
+    return {"bypass": Bypass, "clip": ClipAsRelus, "mean": MeanAsPooling}[rewrite.kind](rewrite)
 
 
 @dataclass(frozen=True)
-class ReadPooledBlob:
-    """The head reads `blob`, the pooled [N, C, 1, 1] source of its flattened input (see
-    plan._pooled_input); the reshape it no longer reads dies in RemoveDeadLayers."""
-    head: str
-    blob: str
+class Bypass:
+    """The reader of a [N, C, 1, 1] -> [N, C] reshape reads its [N, C, 1, 1] source instead (same
+    values in the channel layout); the reshape dies in RemoveDeadLayers."""
+    rewrite: Rewrite
 
     def __call__(self, spec: Any) -> None:
-        _layer(spec, self.head).input[0] = self.blob
+        _layer(spec, self.rewrite.reader).input[0] = self.rewrite.source
+
+
+@dataclass(frozen=True)
+class ClipAsRelus:
+    """clip(x, lo, hi) = hi - relu((hi - lo) - relu(x - lo)), the affines as frozen batchnorms:
+    layers Core ML backpropagates through, with clip's gradient (1 strictly between lo and hi,
+    else 0). Values differ from clip's by at most one rounding of (hi - lo) - r, half an ulp of
+    hi - lo (2.4e-7 for ReLU6): for r >= (hi - lo) / 2 the subtractions are exact (Sterbenz)."""
+    rewrite: Rewrite
+
+    def __call__(self, spec: Any) -> None:
+        from coremltools.proto import NeuralNetwork_pb2 as pb
+
+        r = self.rewrite
+        lo, hi = r.bounds
+        # (layer suffix, kind, scale, shift); the last one writes the clip's output blob
+        steps = ([("shift", "batchnorm", 1.0, -lo)] if lo else []) + [
+            ("floor", "relu", 0.0, 0.0), ("flip", "batchnorm", -1.0, hi - lo),
+            ("cap", "relu", 0.0, 0.0), ("unflip", "batchnorm", -1.0, hi)]
+        layers, blob = [], r.source
+        for i, (suffix, kind, scale, shift) in enumerate(steps):
+            out = r.output if i == len(steps) - 1 else f"{r.layer}_{suffix}"
+            layer = pb.NeuralNetworkLayer(name=f"{r.layer}_{suffix}", input=[blob], output=[out])
+            if kind == "relu":
+                layer.activation.ReLU.SetInParent()
+            else:
+                _affine_batchnorm(layer.batchnorm, scale, shift, r.channels)
+            layers.append(layer)
+            blob = out
+        _replace_layer(spec, r.layer, layers)
+
+
+@dataclass(frozen=True)
+class MeanAsPooling:
+    """A mean over H and W as global average pooling, as coremltools itself converts a mean that
+    keeps the reduced axes (its output is [N, C, 1, 1]; the channel-layout layers after it compute
+    the same values from that as from [N, C])."""
+    rewrite: Rewrite
+
+    def __call__(self, spec: Any) -> None:
+        from coremltools.proto import NeuralNetwork_pb2 as pb
+
+        r = self.rewrite
+        layer = pb.NeuralNetworkLayer(name=r.layer, input=[r.source], output=[r.output])
+        p = layer.pooling
+        p.type, p.globalPooling, p.avgPoolExcludePadding = pb.PoolingLayerParams.AVERAGE, True, True
+        p.kernelSize.extend([0, 0])
+        p.stride.extend([0, 0])
+        p.valid.paddingAmounts.borderAmounts.add()
+        p.valid.paddingAmounts.borderAmounts.add()
+        _replace_layer(spec, r.layer, [layer])
+
+
+# ---------------------------------------------------------------- layer graph
 
 
 @dataclass(frozen=True)
@@ -191,12 +250,7 @@ class AddBatchnormScale:
     channels: int
 
     def __call__(self, spec: Any) -> None:
-        bn = _append_layer(spec, self.name, self.src, self.dst).batchnorm
-        bn.channels, bn.epsilon = self.channels, BN_EPS
-        bn.gamma.floatValue.extend([float(np.float32(self.scale * math.sqrt(1.0 + BN_EPS)))] * self.channels)
-        bn.beta.floatValue.extend([0.0] * self.channels)
-        bn.mean.floatValue.extend([0.0] * self.channels)
-        bn.variance.floatValue.extend([1.0] * self.channels)
+        _affine_batchnorm(_append_layer(spec, self.name, self.src, self.dst).batchnorm, self.scale, 0.0, self.channels)
 
 
 @dataclass(frozen=True)
@@ -327,6 +381,23 @@ def _layer(spec: Any, name: str) -> Any:
 
 def _append_layer(spec: Any, name: str, src: str, dst: str) -> Any:
     return spec.neuralNetwork.layers.add(name=name, input=[src], output=[dst])
+
+
+def _affine_batchnorm(bn: Any, scale: float, shift: float, channels: int) -> None:
+    """A frozen batchnorm computing scale * x + shift per channel: gamma / sqrt(variance + eps)
+    is `scale` (to one rounding), beta is `shift`."""
+    bn.channels, bn.epsilon = channels, BN_EPS
+    bn.gamma.floatValue.extend([float(np.float32(scale * math.sqrt(1.0 + BN_EPS)))] * channels)
+    bn.beta.floatValue.extend([float(shift)] * channels)
+    bn.mean.floatValue.extend([0.0] * channels)
+    bn.variance.floatValue.extend([1.0] * channels)
+
+
+def _replace_layer(spec: Any, name: str, replacement: list) -> None:
+    """Put `replacement` (layers, in order) where the layer `name` is."""
+    layers = list(spec.neuralNetwork.layers)
+    i = next(i for i, layer in enumerate(layers) if layer.name == name)
+    _set_layers(spec, layers[:i] + replacement + layers[i + 1:])
 
 
 def _set_layers(spec: Any, layers: list) -> None:

@@ -2,7 +2,9 @@
 
 Checks the spec with coremltools: for inference the signature, MIL ops and fp32 precision; for
 training the rules Apple's compiler enforces on updatable networks (see `plan`) plus agreement
-with the PyTorch model. Checks run in order and stop at the first failure.
+with the PyTorch model: the updatable layers hold exactly the parameters the manifest says train,
+the manifest accounts for every requested parameter, and each layer rewritten for
+backpropagation computes what it replaced. Checks run in order and stop at the first failure.
 """
 from __future__ import annotations
 
@@ -72,8 +74,10 @@ def training_checks(spec: Any, artifact: Artifact, job: ExportJob) -> Checks:
         "training inputs", _features(spec.description.trainingInput), artifact.inputs)
     yield "outputs", lambda: _compare_features("outputs", _features(spec.description.output), artifact.outputs)
     yield "layer order", lambda: _check_order(nn, spec)
+    yield "requested parameters accounted for", lambda: _check_accounting(artifact, job)
     yield "updatable layers", lambda: _check_updatable(nn, artifact, job)
     yield "backpropagation path", lambda: _check_backprop(nn)
+    yield "rewrites", lambda: _check_rewrites(nn, artifact)
     yield "loss", lambda: _check_loss(nn, spec, artifact, job)
     yield "optimizer", lambda: _check_optimizer(nn, job.spec)
 
@@ -104,13 +108,32 @@ def _fp16_tensors(ops: list) -> str:
 
 
 def _check_order(nn: Any, spec: Any) -> str:
-    """Core ML needs every layer's inputs defined before it (model inputs or earlier layers)."""
+    """Core ML needs every layer's inputs defined before it (model inputs or earlier layers), and
+    unique layer and loss names in an updatable model."""
+    names = Counter([layer.name for layer in nn.layers] + [loss.name for loss in nn.updateParams.lossLayers])
+    if max(names.values(), default=1) > 1:
+        return f"layer names used twice: {sorted(n for n, k in names.items() if k > 1)}"
     defined = {d.name for d in spec.description.input}
     for layer in nn.layers:
         missing = [i for i in layer.input if i not in defined]
         if missing:
             return f"{describe(layer)} reads {missing} before any layer produces them"
         defined.update(layer.output)
+    return ""
+
+
+def _check_accounting(artifact: Artifact, job: ExportJob) -> str:
+    """The manifest records the request and splits it exactly into what trains and what was left
+    frozen (with a reason)."""
+    details, requested = artifact.details, job.spec.trainable_names(job.model)
+    if details.get("requested") != requested:
+        return f"details record requested {details.get('requested')}, the training spec requests {requested}"
+    trains = details.get("trains")
+    if trains != list(artifact.trainable):
+        return f"details record trains {trains}, artifact.trainable is {artifact.trainable}"
+    frozen = [n for names in details.get("left_frozen", {}).values() for n in names]
+    if sorted(trains + frozen) != sorted(requested):
+        return f"trains {trains} and left_frozen {sorted(frozen)} do not split the requested parameters exactly"
     return ""
 
 
@@ -175,6 +198,65 @@ def _check_backprop(nn: Any) -> str:
                 if not backpropagable(parent) and not softmax_before_loss:
                     blocker = blocker or describe(parent)
     return ""
+
+
+def _check_rewrites(nn: Any, artifact: Artifact) -> str:
+    """Each layer rewritten for backpropagation (plan.Rewrite) computes what it replaced: a
+    bypassed reshape's reader reads its source; the layers now between a clip's or a mean's
+    source and output blobs, evaluated on a probe spanning the clip's bounds, agree with it."""
+    producer, layers = producers(nn), {layer.name: layer for layer in nn.layers}
+    for r in artifact.details.get("rewrites", []):
+        where = f"rewrite of {r['layer']!r} ({r['kind']})"
+        if r["kind"] == "bypass":
+            reader = layers.get(r["reader"])
+            if reader is None or reader.input[0] != r["source"]:
+                return f"{where}: {r['reader']!r} does not read {r['source']!r}"
+            continue
+        path = _path(producer, r["source"], r["output"])
+        if path is None:
+            return f"{where}: no single-input path of layers from {r['source']!r} to {r['output']!r}"
+        lo, hi = r.get("bounds", (-1.0, 1.0))
+        x = np.linspace(lo - 1.0, hi + 1.0, r["channels"] * 9, dtype=np.float32).reshape(1, r["channels"], 3, 3)
+        want = np.clip(x, lo, hi) if r["kind"] == "clip" else x.mean((2, 3), keepdims=True)
+        got = _evaluate(path, x)
+        if isinstance(got, str):
+            return f"{where}: {got}"
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, abs(hi - lo))):
+            return f"{where}: the layers from {r['source']!r} to {r['output']!r} do not compute the {r['kind']} they replace"
+    return ""
+
+
+def _path(producer: dict[str, Any], source: str, output: str) -> list | None:
+    """The single-input layers leading from blob `source` to blob `output`, in order."""
+    path, blob = [], output
+    while blob != source:
+        layer = producer.get(blob)
+        if layer is None or len(layer.input) != 1 or len(path) > len(producer):
+            return None
+        path.append(layer)
+        blob = layer.input[0]
+    return path[::-1]
+
+
+def _evaluate(path: list, x: np.ndarray) -> np.ndarray | str:
+    """The values the layers a rewrite produces (batchnorm, ReLU, global average pooling) compute
+    from x [N, C, H, W], as Core ML defines them; or which layer is none of those."""
+    from coremltools.proto import NeuralNetwork_pb2 as pb
+
+    for layer in path:
+        kind = layer.WhichOneof("layer")
+        if kind == "batchnorm":
+            bn, shape = layer.batchnorm, (1, -1, 1, 1)
+            gamma, beta, mean, var = (np.asarray(v.floatValue, np.float32).reshape(shape)
+                                      for v in (bn.gamma, bn.beta, bn.mean, bn.variance))
+            x = (x - mean) / np.sqrt(var + np.float32(bn.epsilon)) * gamma + beta
+        elif kind == "activation" and layer.activation.WhichOneof("NonlinearityType") == "ReLU":
+            x = np.maximum(x, 0.0)
+        elif kind == "pooling" and layer.pooling.globalPooling and layer.pooling.type == pb.PoolingLayerParams.AVERAGE:
+            x = x.mean((2, 3), keepdims=True)
+        else:
+            return f"{describe(layer)} is not a layer the rewrite makes"
+    return x
 
 
 def _check_loss(nn: Any, spec: Any, artifact: Artifact, job: ExportJob) -> str:

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch._decomp import decomposition_table
 
 from dcl_core.bundle import Artifact
 from dcl_core.errors import ExportError
@@ -130,26 +131,57 @@ def _joint_graph(wrapped: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.ex
 
     with _stage("torch.export of the training model"):
         ep = torch.export.export(wrapped, args)
+        # attention: the CPU flash kernel that SDPA lowers to has no ExecuTorch backward kernel;
+        # as plain math (matmuls + softmax) it differentiates into ops that have one. Only then:
+        # decomposing turns train-mode BatchNorm's running statistics into outputs needing grad.
+        if any(n.target == _SDPA for n in ep.graph.nodes):
+            ep = ep.run_decompositions({_SDPA: _attention_math})
     with _stage("building the joint forward/backward graph"):
         joint = _export_forward_backward(ep, joint_loss_index=0)
-        _decompose_batch_norm(joint.graph_module)
+        for op in _DECOMPOSE_IN_JOINT:
+            _decompose(joint.graph_module, op)
     return joint
 
 
-_BN_FUNCTIONAL = torch.ops.aten._native_batch_norm_legit_functional.default
+_SDPA = torch.ops.aten.scaled_dot_product_attention.default
 
 
-def _decompose_batch_norm(gm: torch.fx.GraphModule) -> None:
-    """Replace train-mode BatchNorm, which has no ExecuTorch kernel, by PyTorch's own
-    decomposition (batch statistics + running-stat update), in place on the joint graph. Its
-    backward is already decomposed; it reads the save_mean/save_rstd outputs rewired here.
-    (Decomposing before the joint export fails: the running stats would then require grad.)"""
+def _attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                    dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                    enable_gqa: bool = False) -> torch.Tensor:
+    """F.scaled_dot_product_attention as the reference formula (the programs run in eval mode,
+    so there is no attention dropout)."""
+    if dropout_p or enable_gqa:
+        raise ExportError("scaled_dot_product_attention with dropout or grouped-query attention in a training "
+                          "program is not supported by the ExecuTorch exporter; put attention dropout in eval mode")
+    scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if is_causal:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return torch.softmax(scores, dim=-1) @ v
+
+
+# Joint-graph ops replaced by PyTorch's own decompositions (in torch._decomp's table):
+# - train-mode BatchNorm has no ExecuTorch kernel (decomposed: batch statistics + running-stat
+#   update; its backward is already decomposed and reads the save_mean/save_rstd outputs
+#   rewired here; decomposing before the joint export fails: the stats would require grad);
+# - max-pool backward: ExecuTorch 1.5.1's portable `max_pool2d_with_indices_backward` returns
+#   wrong input gradients (a ResNet stem's weight gradients were off by a factor ~300, measured),
+#   while the decomposition (scatter_add of the output gradients at the saved indices) is exact.
+_DECOMPOSE_IN_JOINT = (torch.ops.aten._native_batch_norm_legit_functional.default,
+                       torch.ops.aten.max_pool2d_with_indices_backward.default)
+
+
+def _decompose(gm: torch.fx.GraphModule, op: torch._ops.OpOverload) -> None:
+    """Replace every `op` node of the graph, in place, by its decomposition from torch._decomp."""
     from torch._decomp import core_aten_decompositions
-    from torch._decomp.decompositions import _native_batch_norm_legit_functional as decomposition
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    decomposition = decomposition_table[op]
     graph = gm.graph
-    for node in [n for n in graph.nodes if n.target == _BN_FUNCTIONAL]:
+    for node in [n for n in graph.nodes if n.target == op]:
         positions = [i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node)]
 
         def call(*tensors: torch.Tensor, args: tuple = node.args, at: list[int] = positions):
@@ -164,12 +196,15 @@ def _decompose_batch_norm(gm: torch.fx.GraphModule) -> None:
         placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
         with graph.inserting_before(node):
             outs = graph.graph_copy(sub.graph, dict(zip(placeholders, [node.args[i] for i in positions])))
-        for user in list(node.users):
-            if user.target is not operator.getitem:
-                raise ExportError(f"unexpected use of {_BN_FUNCTIONAL} in the joint graph ({user.target}); "
-                                  "use bn='frozen'")
-            user.replace_all_uses_with(outs[user.args[1]])
-            graph.erase_node(user)
+        if isinstance(outs, torch.fx.Node):  # a single output, used as is
+            node.replace_all_uses_with(outs)
+        else:
+            for user in list(node.users):
+                if user.target is not operator.getitem:
+                    raise ExportError(f"unexpected use of {op} in the joint graph ({user.target}); the ExecuTorch "
+                                      "exporter cannot decompose it (with BatchNorm: use bn='frozen')")
+                user.replace_all_uses_with(outs[user.args[1]])
+                graph.erase_node(user)
         graph.erase_node(node)
     graph.lint()
     gm.recompile()

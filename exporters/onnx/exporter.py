@@ -205,15 +205,21 @@ def _to_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: li
 
 
 def _optimize_protecting(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """onnxscript's optimizer, blind to the protected initializers' values: they become plain
+    graph inputs while it runs (otherwise it simplifies by value, e.g. drops a Gemm's all-zero
+    bias, as nn.MultiheadAttention's out_proj starts, and the parameter loses its consumer)."""
     import onnxscript.optimizer
 
     graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
+    protected = [i for i in graph.initializer if i.name in set(names)]
+    kept = [i for i in graph.initializer if i.name not in set(names)]
     n_inputs = len(graph.input)
-    graph.input.extend(onnx.helper.make_tensor_value_info(n, inits[n].data_type, list(inits[n].dims))
-                       for n in names if n in inits)
+    graph.input.extend(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in protected)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     proto = onnxscript.optimizer.optimize(proto)
     del proto.graph.input[n_inputs:]
+    proto.graph.initializer.extend(protected)
     return proto
 
 
@@ -272,6 +278,7 @@ def _generate(proto: onnx.ModelProto, trainable: list[str], spec: TrainingSpec, 
 
     if len(proto.graph.output) != 1:
         raise ExportError(f"onnx training needs a model with one output, this one has {len(proto.graph.output)}")
+    _expose_layer_norm_statistics(proto)
     try:
         # the optimizer model is ORT's plain SGD (p -= lr * g); momentum / weight decay are
         # applied by the runner (see _training_details)
@@ -287,6 +294,14 @@ def _generate(proto: onnx.ModelProto, trainable: list[str], spec: TrainingSpec, 
     for name in ("training_model", "eval_model", "optimizer_model"):
         path = folder / TRAINING_FILES[name]
         save_model(onnx.load(path), path)
+
+
+def _expose_layer_norm_statistics(proto: onnx.ModelProto) -> None:
+    """ORT's LayerNormalization gradient reads the node's optional Mean and InvStdDev outputs,
+    which the exporter leaves out (gradient generation then fails on a missing output): name them."""
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type == "LayerNormalization" and len(node.output) == 1:
+            node.output.extend([f"layer_norm_{i}_mean", f"layer_norm_{i}_inv_std_dev"])
 
 
 def _check_target(loss: str, target: torch.Tensor) -> None:

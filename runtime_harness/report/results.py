@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dcl_core.errors import DclError
+from dcl_core.outputs import atomic_output
 from runtime_harness.devices.base import DeviceInfo
 from runtime_harness.metrics import FILE_SIZE, Drift, LatencyStats, Measurement, Profile
 from runtime_harness.report.html import html_report
@@ -147,10 +148,15 @@ def load_results(path: str | Path) -> ProfileResults:
         raise DclError(f"{p} is not a readable dcl {RESULTS_FILE} ({msg}); re-run `dcl profile`") from None
 
 
-def write_outputs(results: ProfileResults, out_dir: str | Path) -> tuple[Path, Path]:
-    """results.json and report.html into `out_dir` (also used to save partial results)."""
+PROFILE = "profile"  # the output kind of a profile folder
+
+
+def write_outputs(results: ProfileResults, out_dir: str | Path, force: bool = False,
+                  inputs: tuple[str | Path, ...] = ()) -> tuple[Path, Path]:
+    """results.json and report.html as one new folder `out_dir` (also used to save partial
+    results), written atomically; it replaces only a previous dcl profile, with `force`."""
+    with atomic_output(out_dir, PROFILE, force, inputs) as tmp:
+        results.write(tmp / RESULTS_FILE)
+        (tmp / REPORT_FILE).write_text(html_report(results))
     out = Path(out_dir)
-    j = results.write(out / RESULTS_FILE)
-    h = out / REPORT_FILE
-    h.write_text(html_report(results))
-    return j, h
+    return out / RESULTS_FILE, out / REPORT_FILE

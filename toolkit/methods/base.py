@@ -68,8 +68,9 @@ class Method(ABC):
         """The method's config dataclass: defaults, then the file, then quick/seed overrides."""
 
     @abstractmethod
-    def train(self, cfg: Any, out: Path) -> dict[str, Any]:
-        """Train on the cloud and write the run directory `out` atomically; return its metrics."""
+    def train(self, cfg: Any, out: Path, force: bool = False) -> dict[str, Any]:
+        """Train on the cloud and write the run directory `out` atomically (toolkit.run's
+        atomic_run_dir: replacing a previous run only with `force`); return its metrics."""
 
     @abstractmethod
     def evaluate(self, run_dir: Path) -> dict[str, Any]:
@@ -92,5 +93,6 @@ class Method(ABC):
     def simulate(self, run_dir: Path, runtime: Format, options: FleetOptions, log: Log) -> SimulationReport:
         raise ConfigError(f"method {self.name} has no fleet simulation")
 
-    def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None) -> dict[str, Any]:
+    def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
+                       force: bool = False) -> dict[str, Any]:
         raise ConfigError(f"method {self.name} does not import device weights")

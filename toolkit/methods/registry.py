@@ -33,9 +33,10 @@ def get_method(name: str) -> Method:
 def method_of_run(run_dir: str | Path) -> Method:
     """The method that wrote a run directory, from its config.json."""
     run = Path(run_dir)
+    if run.is_file():
+        raise CheckpointError(f"{run} is a file, not a run directory; pass the folder `dcl train` wrote")
     if not run.is_dir():
-        raise CheckpointError(f"run directory {run} does not exist (or is not a folder); "
-                              f"make one with `dcl train METHOD --out {run}`")
+        raise CheckpointError(f"run directory {run} does not exist; make one with `dcl train METHOD --out {run}`")
     record_path = run / "config.json"
     if not record_path.is_file():
         raise CheckpointError(f"{record_path} is missing; is {run} a run directory made by `dcl train`?")

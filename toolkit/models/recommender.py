@@ -19,3 +19,7 @@ class EmbeddingMLP(nn.Module):
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """user, item: int64 (B,) -> click logits (B,)."""
         return self.mlp(torch.cat([self.user(user), self.item(item)], dim=-1)).squeeze(-1)
+
+    @property
+    def last_layer(self) -> nn.Linear:
+        return self.mlp[-1]

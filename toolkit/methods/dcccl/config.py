@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dcl_core.config import from_dict, load_file, merge, to_dict
+from dcl_core.config import bounded, from_dict, load_file, merge, to_dict
+from dcl_core.errors import ConfigError
 from toolkit.methods.dcccl.scenario import ScenarioConfig
 from toolkit.train import OptimConfig
 
@@ -16,9 +17,9 @@ class ModelChoice:
     """A registry model (toolkit.models): name plus the keyword arguments it takes."""
 
     name: str = "mobilecnn_xs"
-    widths: list[int] | None = None
+    widths: list[int] | None = bounded(None, ge=1)
     se: bool = False
-    image_size: int = 64  # efficientnet_lite0 only
+    image_size: int = bounded(64, ge=32)  # efficientnet_lite0 only
     pretrained: bool = True  # efficientnet_lite0 only
 
     def kwargs(self) -> dict[str, Any]:
@@ -34,15 +35,15 @@ class ModelChoice:
 class SplitConfig:
     """Vertical split: one base CNN whose every layer is split cloud:device = ratio:1."""
 
-    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 256])
-    ratio: float = 7.0
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 256], metadata={"bounds": {"ge": 2}})
+    ratio: float = bounded(7.0, gt=0)
     se: bool = False
 
 
 @dataclass
 class MimicConfig:
     loss: Literal["mse", "kl"] = "mse"
-    temperature: float = 4.0
+    temperature: float = bounded(4.0, gt=0)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=6, batch_size=128, schedule="step"))
 
@@ -50,7 +51,7 @@ class MimicConfig:
 @dataclass
 class DCCCLConfig:
     seed: int = 0
-    threads: int = 0  # 0: PyTorch's default
+    threads: int = bounded(0, ge=0)  # 0: PyTorch's default
     # "split": f_c and f_d are the two branches of one channel-split CNN;
     # "hetero": f_c is any registry model (e.g. the pre-trained EfficientNet-Lite0), f_d another.
     mode: Literal["split", "hetero"] = "split"
@@ -67,14 +68,22 @@ class DCCCLConfig:
     mimic: MimicConfig = field(default_factory=MimicConfig)
     device: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=2, batch_size=32))
-    rounds: int = 10
+    rounds: int = bounded(10, ge=1)
     # Step 4 options: the cloud trains its own copy of f_d on cloud data (controlled by the true
     # f_c) and merges it 0.5/0.5 with the devices' average, then fine-tunes f_d's last layer.
     cloud_copy_merge: bool = False
-    cloud_copy_samples: int = 5000
+    cloud_copy_samples: int = bounded(5000, ge=1)
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, epochs=0, batch_size=128))
-    finetune_samples: int = 5000
+    finetune_samples: int = bounded(5000, ge=1)
+
+    def check(self, where: str) -> "DCCCLConfig":
+        """Rules across fields: stages that must train do (0 epochs is allowed only for the
+        optional last-layer fine-tune)."""
+        for name, optim in (("cloud", self.cloud), ("mimic.optim", self.mimic.optim), ("device", self.device)):
+            if optim.epochs < 1:
+                raise ConfigError(f"{where}.{name}.epochs: must be >= 1 (0 trains nothing), got {optim.epochs}")
+        return self
 
 
 # The --quick run: same pipeline, smaller data and fewer epochs (minutes on 2 cores).
@@ -105,4 +114,4 @@ def load_config(path: str | None = None, quick: bool = False, seed: int | None =
     if seed is not None:
         data["seed"] = seed
     base = to_dict(DCCCLConfig())
-    return from_dict(DCCCLConfig, merge(base, data), where)
+    return from_dict(DCCCLConfig, merge(base, data), where).check(where)

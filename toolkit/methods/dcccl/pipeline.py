@@ -109,13 +109,13 @@ def train(cfg: DCCCLConfig) -> tuple[TrainedDCCCL, Scenario, dict[str, Any]]:
     return TrainedDCCCL(models, f_d_oracle, f_d_device_only), sc, log
 
 
-def train_to_dir(cfg: DCCCLConfig, out: str | Path) -> dict[str, Any]:
+def train_to_dir(cfg: DCCCLConfig, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Train and write the run directory (atomically, by the main process only)."""
     trained, sc, log = train(cfg)
     metrics = {"method": "dcccl", "results": evaluate(trained, sc), "sizes": sizes(trained.models),
                "world_size": context().world_size, "log": log}
     if context().is_main:
-        with atomic_run_dir(out) as run:
+        with atomic_run_dir(out, force) as run:
             run.write_json("config.json", {"method": "dcccl", "config": to_dict(cfg)})
             run.save_model("f_c", trained.models.f_c)
             run.save_model("g", trained.models.g)

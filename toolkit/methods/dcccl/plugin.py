@@ -20,8 +20,8 @@ class DCCCL(Method):
     def load_config(self, path: str | None, quick: bool, seed: int | None) -> config.DCCCLConfig:
         return config.load_config(path, quick=quick, seed=seed)
 
-    def train(self, cfg: config.DCCCLConfig, out: Path) -> dict[str, Any]:
-        return pipeline.train_to_dir(cfg, out)
+    def train(self, cfg: config.DCCCLConfig, out: Path, force: bool = False) -> dict[str, Any]:
+        return pipeline.train_to_dir(cfg, out, force)
 
     def evaluate(self, run_dir: Path) -> dict[str, Any]:
         return pipeline.evaluate_run(run_dir)
@@ -55,10 +55,11 @@ class DCCCL(Method):
             f"|union gap| = {res.union_gap:.2f} points ({res.steps} runtime steps)",
             dataclasses.asdict(res) | {"union_gap": res.union_gap})
 
-    def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None) -> dict[str, Any]:
+    def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
+                       force: bool = False) -> dict[str, Any]:
         from dcl_core.errors import ConfigError
         from toolkit.methods.dcccl.transfer import import_device_weights
 
         if program not in (None, PROGRAM):
             raise ConfigError(f"a DC-CCL bundle has one program, {PROGRAM!r}; got --program {program!r}")
-        return import_device_weights(run_dir, weights, name or "f_d_imported")
+        return import_device_weights(run_dir, weights, "f_d_imported" if name is None else name, force)

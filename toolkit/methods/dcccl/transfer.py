@@ -16,7 +16,8 @@ from toolkit.run import read_weights
 DEVICE_PREFIX = f"{DEVICE_PART}."
 
 
-def import_device_weights(run_dir: str | Path, weights: str | Path, name: str = "f_d_imported") -> dict:
+def import_device_weights(run_dir: str | Path, weights: str | Path, name: str = "f_d_imported",
+                          force: bool = False) -> dict:
     """Load returned f_d weights over the run's f_d (parameters only; BN statistics are kept, since
     a frozen-BN training program never changes them) and save them as checkpoints/<name>."""
     cfg, trained, run = load_run(run_dir)
@@ -34,7 +35,7 @@ def import_device_weights(run_dir: str | Path, weights: str | Path, name: str = 
     for k, v in got.items():
         if tuple(v.shape) != tuple(state[k].shape):
             raise CheckpointError(f"weight {k!r} has shape {tuple(v.shape)}, f_d expects {tuple(state[k].shape)}")
-        state[k] = v.to(state[k].dtype)
+        state[k] = v
     f_d.load_state_dict(state)
-    run.save_model(name, f_d)
+    run.save_new_checkpoint(name, f_d, force)
     return {"imported": len(got), "checkpoint": str(run.checkpoint_path(name))}
