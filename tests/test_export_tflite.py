@@ -1,5 +1,6 @@
 """TFLite/LiteRT export: parity with PyTorch through the shared gate, builtin ops only, the
-training artifact's signatures and weight exchange, and clear errors for unsupported layers.
+training artifact's signatures and weight exchange, and clear errors for unsupported ops
+(per-op coverage: test_tflite_ops.py).
 
 Each reference model is exported once per module (TF import + conversion dominate the time).
 """
@@ -229,33 +230,46 @@ def test_layer_variants_train_like_pytorch(tmp_path):
     _assert_validated(manifest)
 
 
-class _WithLayer(nn.Module):
-    def __init__(self, layer: nn.Module):
+class _Cumsum(nn.Module):
+    def __init__(self):
         super().__init__()
-        self.stem = nn.Linear(4, 4)
-        self.odd = nn.Sequential(layer)
+        self.fc = nn.Linear(4, 4)
 
     def forward(self, x):
-        out = self.odd(self.stem(x))
-        return out[0] if isinstance(out, tuple) else out
+        return self.fc(x).cumsum(1)
 
 
-class _WithFunction(nn.Module):
+class _Deconv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(2, 2, 3, stride=2)
+
     def forward(self, x):
-        return torch.tanh(x)
+        return self.up(x.view(-1, 2, 1, 2))
 
 
-@pytest.mark.parametrize("model, named", [(_WithLayer(nn.GELU()), "layer odd.0 (torch.nn.modules.activation.GELU)"),
-                                          (_WithLayer(nn.LSTM(4, 4)), "layer odd.0 (torch.nn.modules.rnn.LSTM)"),
-                                          (_WithFunction(), "tanh")])
-def test_unsupported_layer_is_named(model, named, tmp_path):
+@pytest.mark.parametrize("model, op, line, reason", [
+    (_Cumsum(), "aten.cumsum.default", "return self.fc(x).cumsum(1)", "no translation to TFLite builtin ops"),
+    (_Deconv(), "aten.convolution.default", "return self.up(x.view(-1, 2, 1, 2))", "transposed convolution"),
+])
+def test_unsupported_op_is_named_with_its_source_line(model, op, line, reason, tmp_path):
     with pytest.raises(ExportError) as err:
         exporters.export_model(model, (torch.rand(2, 4),), formats=["tflite"], out_dir=tmp_path / "b", log=lambda *a: None)
     message = str(err.value)
-    assert named in message and "\n" not in message
-    if "layer" in named:
-        assert "supported layers: " in message and "Conv2d" in message
+    assert message.startswith(f"{op} at test_export_tflite.py:") and f"(`{line}`)" in message, message
+    assert reason in message
+    # an unknown op lists the known ones; a known op's unsupported variant says only why
+    assert ("supported ops: aten." in message) == (op != "aten.convolution.default")
+    assert "\n" not in message
     assert not (tmp_path / "b").exists()
+
+
+def test_supported_ops_are_listed():
+    from exporters.tflite import SUPPORTED_OPS
+
+    assert {"aten.convolution.default", "aten.native_layer_norm.default", "aten.max_pool2d_with_indices.default",
+            "aten.gelu.default", "aten.embedding.default", "aten.where.self"} <= set(SUPPORTED_OPS)
+    assert "aten.cumsum.default" not in SUPPORTED_OPS
 
 
 def test_conversion_refuses_non_builtin_ops():

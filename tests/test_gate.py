@@ -29,6 +29,18 @@ def test_inference_gate_passes_exact_and_refuses_offset(make):
     assert "max |runtime - pytorch|" in bad.reason
 
 
+class NaNOutputs(PyTorchInference):
+    def infer(self, inputs):
+        return [o * float("nan") for o in super().infer(inputs)]
+
+
+def test_inference_gate_refuses_non_finite_outputs():
+    """NaN compares false with everything: the gate must not read NaN outputs as a 0.0 difference."""
+    ex = fused_cnn()
+    v = validate_inference(ex.model, NaNOutputs(copy.deepcopy(ex.model)), [{"x": ex.inputs[0]}], 1e-4)
+    assert not v.passed and "non-finite" in v.reason and v.max_abs_diff is None
+
+
 def test_inference_gate_refuses_a_perturbed_weight():
     ex = fused_cnn()
     wrong = copy.deepcopy(ex.model)

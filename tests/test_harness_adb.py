@@ -314,3 +314,72 @@ def _shell_returning(real, text: str):
     def shell(self, command: str, check: bool = True) -> str:
         return text if command.startswith("sh /data/local/tmp/dcl/run_") else real(self, command, check)
     return shell
+
+
+# ---------------------------------------------------------------------------------------------
+# training steps through the demo app's benchmark entry point (runtime_harness/devices/app.py)
+
+def _train_artifact(name: str = "device_step_executorch_train", sha: str | None = None):
+    from dcl_core.bundle import Artifact
+
+    result = json.loads((Path(__file__).parent / "data" / "android" / "app_benchmark_result_pixel8.json").read_text())
+    return Artifact(name=name, path=f"{name}.pte", format="executorch", kind="training",
+                    sha256=sha or result["sha256"], bytes=84048)
+
+
+def test_training_steps_run_through_the_demo_app(fake):
+    from runtime_harness.devices.app import RESULT_PATH, AppBenchmark, to_artifact_result
+
+    fake.scenario("phone_with_app")
+    art = _train_artifact()
+    run = AppBenchmark(AdbDevice(PIXEL), poll_s=0).run(art, runs=20, warmup=3, threads=1)
+    assert run.kind == "training" and run.batch_size == 32 and run.latency.n == 20
+    assert run.latency.source == "measured:app-clock" and 0.003 < run.latency.mean_s < 0.006
+    assert len(run.losses) == 24 and run.warmup.n == 3
+    calls = [" ".join(c) for c in fake.calls()]
+    assert (f"-s {PIXEL} shell am start -W -S -n org.dcl.demo/.ui.BenchmarkActivity --es artifact {art.name} "
+            f"--ei runs 20 --ei warmup 3 --ei threads 1") in calls
+    assert calls.index(f"-s {PIXEL} shell rm -f {RESULT_PATH}") < calls.index(next(c for c in calls if " am start " in c))
+    assert calls.count(f"-s {PIXEL} shell cat {RESULT_PATH}") == 2  # polled until the app wrote it
+    r = to_artifact_result(art, run)
+    assert r.kind == "training" and not r.error and r.per_sample_s == pytest.approx(run.latency.mean_s / 32)
+    assert r.runtime == "android_demo app (executorch-android)" and not r.peak_rss.available
+
+
+def test_demo_app_missing_or_holding_another_bundle_is_one_line(fake):
+    from runtime_harness.devices.app import AppBenchmark, AppNotReady
+
+    with pytest.raises(AppNotReady) as e:  # the plain phone has no demo app installed
+        AppBenchmark(AdbDevice(PIXEL), poll_s=0).run(_train_artifact(), 5, 1, 1)
+    assert "not installed" in one_line(e.value) and "dcl bundle" in one_line(e.value)
+    fake.scenario("phone_with_app")
+    with pytest.raises(AppNotReady) as e:
+        AppBenchmark(AdbDevice(PIXEL), poll_s=0).run(_train_artifact(sha="0" * 64), 5, 1, 1)
+    assert "different bundle" in one_line(e.value)
+
+
+def test_profile_measures_training_through_the_app_and_goes_on_without_it(fake, tools, models, tmp_path):
+    from runtime_harness.profile import ProfilePlan, _adb_artifact
+
+    fake.scenario("phone_with_app")
+    art = _train_artifact()
+    plan = ProfilePlan(runs=20, warmup=3, min_duration_s=0.1, threads=1)
+    r = _adb_artifact(AdbDevice(PIXEL), tmp_path, art, plan)
+    assert not r.error and r.latency.n == 20 and r.batch_size == 32
+    fake.scenario("phone")  # no app: this artifact says so, the profile is not stopped
+    r = _adb_artifact(AdbDevice(PIXEL), tmp_path, art, plan)
+    assert r.error.startswith("not measured:") and "android_demo" in r.error
+
+
+def test_app_result_parser_refuses_foreign_and_failed_results():
+    from runtime_harness.devices.app import AppNotReady, parse_app_result
+
+    good = json.loads((Path(__file__).parent / "data" / "android" / "app_benchmark_result_pixel8.json").read_text())
+    for bad, needle in (("not json", "not JSON"), (json.dumps({**good, "version": 9}), "rebuild"),
+                        (json.dumps({**good, "error": "no artifact named 'x' in the manifest"}), "no artifact named"),
+                        (json.dumps({k: v for k, v in good.items() if k != "samples_s"}), "samples_s")):
+        with pytest.raises(DeviceError) as e:
+            parse_app_result(bad)
+        assert needle in one_line(e.value)
+    with pytest.raises(AppNotReady):
+        parse_app_result(json.dumps({**good, "error": "boom"}))

@@ -182,6 +182,20 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
     _emit(rep.record, as_json, tabulate(rep.rows, headers=rep.columns, tablefmt="github") + f"\n\n{rep.summary}")
 
 
+@cli.command("serve", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("method", type=click.Choice(method_names()), metavar="METHOD")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def serve_cmd(method: str, args: tuple[str, ...]) -> None:
+    """Serve METHOD's cloud side over HTTP (`dcl serve METHOD --help` for its options)."""
+    from dcl_core.errors import ConfigError
+    from toolkit.methods.registry import get_method
+
+    command = get_method(method).serve_command
+    if command is None:
+        raise ConfigError(f"method {method} has no cloud service to serve")
+    command.main(args=list(args), prog_name=f"dcl serve {method}", standalone_mode=False)
+
+
 @cli.command("profile")
 @click.argument("bundle_dir", required=False)
 @click.option("--device", default="host", show_default=True, help="host, or an adb serial (phone or emulator-5554).")
@@ -224,6 +238,15 @@ def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float,
     if html_path:
         shutil.copyfile(out_dir / "report.html", html_path)
     _emit(res.to_json(), as_json, console_table(res) + f"\n\nresults: {out_dir / 'results.json'}, report: {out_dir / 'report.html'}")
+
+
+def _register_commands() -> None:
+    from toolkit.apps import bundle_command
+
+    cli.add_command(bundle_command)
+
+
+_register_commands()
 
 
 def _check_file_output(path: Path, force: bool) -> None:

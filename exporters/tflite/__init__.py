@@ -1,7 +1,8 @@
-"""TFLite / LiteRT export: a TF rebuild of the PyTorch module, converted to builtin ops only.
+"""TFLite / LiteRT export: the model's torch.export graph translated op by op to TF, converted to
+builtin ops only (training programs included).
 
-`SUPPORTED_LAYERS` lists the torch module types the rebuild maps (see layers.LAYER_NOTES for
-their limits); `SUPPORTED_OPS` the functional glue it translates inside traced forwards.
+`SUPPORTED_OPS` lists the Core ATen ops (after decompositions) the translator maps; any other op
+fails the export with its name and source line.
 """
 import os
 
@@ -9,8 +10,7 @@ import os
 # set before TensorFlow loads, and only if the user has not chosen a level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from exporters.tflite.aten import SUPPORTED_OPS  # noqa: E402
 from exporters.tflite.export import TFLiteExporter  # noqa: E402
-from exporters.tflite.graph import SUPPORTED_OPS  # noqa: E402
-from exporters.tflite.layers import LAYER_NOTES, SUPPORTED_LAYERS  # noqa: E402
 
-__all__ = ["LAYER_NOTES", "SUPPORTED_LAYERS", "SUPPORTED_OPS", "TFLiteExporter"]
+__all__ = ["SUPPORTED_OPS", "TFLiteExporter"]

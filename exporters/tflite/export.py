@@ -1,14 +1,18 @@
-"""TFLiteExporter: a TF rebuild of the PyTorch module (copied weights), converted to builtin ops.
+"""TFLiteExporter: the model's torch.export graph translated op by op to TF (exporters.tflite.
+program), converted to builtin ops.
 
 Inference: one `serving_default` signature, PyTorch-layout inputs (NCHW images are transposed
 inside), static shapes of the example inputs.
 
 Training: one .tflite with four signatures, all builtin ops (runs on the stock interpreter):
-- `train`(inputs..., y) -> loss: forward, builtin-only backward (exporters.tflite.grads), then
-  SGD with momentum / weight decay exactly as torch.optim.SGD (dampening 0, not Nesterov);
-  trainable parameters, momentum buffers and (bn="train") BN running statistics are resource
-  variables; frozen parameters are constants;
-- `infer`(inputs...) -> outputs: eval-mode forward with the current weights, any batch size;
+- `train`(inputs..., y) -> loss: forward (the graph captured at the training batch), builtin-only
+  backward (exporters.tflite.grads), then SGD with momentum / weight decay exactly as
+  torch.optim.SGD (dampening 0, not Nesterov); trainable parameters, momentum buffers and
+  (bn="train") BN running statistics are resource variables; frozen parameters are constants.
+  The BatchNorms `TrainingSpec.batch_statistics_layers` selects normalise with batch statistics
+  there (the translation switches them; the captured graph is the eval one);
+- `infer`(inputs...) -> outputs: eval-mode forward with the current weights, any batch size (a
+  second capture with a dynamic batch);
 - `get_weights`() / `set_weights`(...): the variables in PyTorch layout under short keys
   (w000, ...); details["weights"] maps each key to its PyTorch name (the app owns checkpoints:
   LiteRT has no builtin Save/Restore).
@@ -25,10 +29,11 @@ from dcl_core.bundle import Artifact
 from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
 from exporters.spec import TensorSpec, TrainingSpec
+from exporters.tflite.capture import capture
 from exporters.tflite.convert import convert, signature_specs
 from exporters.tflite.grads import LOSSES
-from exporters.tflite.graph import Program
-from exporters.tflite.layers import BuildContext, WeightStore
+from exporters.tflite.program import Program
+from exporters.tflite.weights import WeightStore
 
 _TF_DTYPES = {torch.float32: tf.float32, torch.int64: tf.int64, torch.int32: tf.int32}
 
@@ -46,12 +51,19 @@ def _ordered(specs: list[TensorSpec], names: list[str]) -> list[TensorSpec]:
     return [by_name[n] for n in names]
 
 
+def _function(fn, specs: list[tf.TensorSpec]):
+    # autograph off: the interpreter is plain Python over a fixed graph, nothing to convert
+    return tf.function(fn, input_signature=specs, autograph=False).get_concrete_function()
+
+
 class TrainingModule(tf.Module):
     """Variables and the four training-artifact signatures."""
 
-    def __init__(self, program: Program, store: WeightStore, spec: TrainingSpec, output_names: list[str]):
+    def __init__(self, train: Program, infer: Program, store: WeightStore, spec: TrainingSpec,
+                 output_names: list[str]):
         super().__init__()
-        self.program, self.spec, self.output_names = program, spec, output_names
+        self.train_program, self.infer_program = train, infer
+        self.spec, self.output_names = spec, output_names
         self.weights = store.weights
         self.state = [w.var for w in store.weights]  # tracked, so the SavedModel (hence TFLite) owns them
         self.params = [w for w in store.weights if w.kind == "param"]
@@ -62,7 +74,7 @@ class TrainingModule(tf.Module):
     def train(self, *args: tf.Tensor) -> dict[str, tf.Tensor]:
         inputs, y = list(args[:-1]), args[-1]
         with tf.GradientTape() as tape:
-            loss = LOSSES[self.spec.loss](self.program(inputs, train=True)[0], y)
+            loss = LOSSES[self.spec.loss](self.train_program(inputs, train=True)[0], y)
         self._sgd(tape.gradient(loss, [w.var for w in self.params]))
         return {"loss": loss}
 
@@ -80,7 +92,7 @@ class TrainingModule(tf.Module):
             w.var.assign_sub(lr * d)
 
     def infer(self, *inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        return dict(zip(self.output_names, self.program(list(inputs), train=False)))
+        return dict(zip(self.output_names, self.infer_program(list(inputs), train=False)))
 
     def get_weights(self) -> dict[str, tf.Tensor]:
         return {k: w.to_torch() for k, w in zip(self.keys, self.weights)}
@@ -96,11 +108,11 @@ class TFLiteExporter(Exporter):
 
     def export_inference(self, job: ExportJob) -> Artifact:
         model = job.model.eval()
-        program = Program(model, BuildContext(WeightStore(model, trainable=set()), bn_train=set()))
-        module = tf.Module()
+        program = Program(capture(model, tuple(job.inputs)))
+        program.store = WeightStore(program.state, params=[])
         specs = [_tensor_spec(n, t) for n, t in zip(job.input_names, job.inputs)]
-        fn = tf.function(lambda *xs: dict(zip(job.output_names, program(list(xs), train=False))), input_signature=specs)
-        data = convert(module, {"serving_default": fn.get_concrete_function()}, f"{job.name} (inference)")
+        fn = _function(lambda *xs: dict(zip(job.output_names, program(list(xs), train=False))), specs)
+        data = convert(tf.Module(), {"serving_default": fn}, f"{job.name} (inference)")
         inputs, outputs = signature_specs(data, "serving_default")
         return Artifact(name=job.name, path=self._write(job, data), format=self.format, kind="inference",
                         inputs=_ordered(inputs, job.input_names), outputs=_ordered(outputs, job.output_names),
@@ -114,14 +126,19 @@ class TFLiteExporter(Exporter):
         model = job.model.eval()
         _check_loss_shapes(model, job)
         trainable = job.spec.trainable_names(model)
-        store = WeightStore(model, set(trainable))
-        program = Program(model, BuildContext(store, job.spec.batch_statistics_layers(model, trainable)))
-        for name in trainable:  # parameters the forward never uses still round-trip, unchanged as in torch
-            store.param(name)
-        module = TrainingModule(program, store, job.spec, job.output_names)
-        data = convert(module, self._training_signatures(module, job), f"{job.name} (training)")
+        batch_norm = _batch_norm_momenta(model, job.spec.batch_statistics_layers(model, trainable))
+        inputs = tuple(job.inputs)
+        train = Program(capture(model, inputs), batch_norm=batch_norm)
+        infer = Program(capture(model, inputs, dynamic_batch=True))
+        # parameters the forward never uses still get variables: they round-trip unchanged, as in torch
+        store = WeightStore(train.state, params=trainable, layouts=train.layouts(),
+                            buffers=[f"{m}.running_{s}" for m in batch_norm for s in ("mean", "var")])
+        train.store = infer.store = store
+        module = TrainingModule(train, infer, store, job.spec, job.output_names)
+        data = convert(module, self._training_signatures(module, job, infer.dynamic_batch()),
+                       f"{job.name} (training)")
         names = job.input_names + [job.target_name]
-        inputs, _ = signature_specs(data, "train")
+        inputs_spec, _ = signature_specs(data, "train")
         _, outputs = signature_specs(data, "infer")
         details = {
             "signatures": {s: s for s in ("train", "infer", "get_weights", "set_weights")},
@@ -132,26 +149,39 @@ class TFLiteExporter(Exporter):
             "layout": "inputs and weights as in PyTorch (NCHW, OIHW)",
         }
         return Artifact(name=job.name, path=self._write(job, data), format=self.format, kind="training",
-                        inputs=_ordered(inputs, names), outputs=_ordered(outputs, job.output_names),
+                        inputs=_ordered(inputs_spec, names), outputs=_ordered(outputs, job.output_names),
                         details=details)
 
     @staticmethod
-    def _training_signatures(module: TrainingModule, job: ExportJob) -> dict:
+    def _training_signatures(module: TrainingModule, job: ExportJob, dynamic: list[bool]) -> dict:
         inputs = [_tensor_spec(n, t) for n, t in zip(job.input_names, job.inputs)]
         target = _tensor_spec(job.target_name, job.target)
-        infer_inputs = [_tensor_spec(n, t, dynamic_batch=True) for n, t in zip(job.input_names, job.inputs)]
+        infer_inputs = [_tensor_spec(n, t, dynamic_batch=d) for n, t, d in zip(job.input_names, job.inputs, dynamic)]
         weights = [tf.TensorSpec(w.torch_shape, tf.float32, name=k) for k, w in zip(module.keys, module.weights)]
         return {
-            "train": tf.function(module.train, input_signature=inputs + [target]).get_concrete_function(),
-            "infer": tf.function(module.infer, input_signature=infer_inputs).get_concrete_function(),
-            "get_weights": tf.function(module.get_weights, input_signature=[]).get_concrete_function(),
-            "set_weights": tf.function(module.set_weights, input_signature=weights).get_concrete_function(),
+            "train": _function(module.train, inputs + [target]),
+            "infer": _function(module.infer, infer_inputs),
+            "get_weights": _function(module.get_weights, []),
+            "set_weights": _function(module.set_weights, weights),
         }
 
     def _write(self, job: ExportJob, data: bytes) -> str:
         rel = f"{job.name}.tflite"
         Path(job.bundle, rel).write_bytes(data)
         return rel
+
+
+def _batch_norm_momenta(model: nn.Module, layers: set[str]) -> dict[str, float]:
+    """Momentum of each BatchNorm normalising with batch statistics (PyTorch's cumulative
+    average, momentum=None, is not translated)."""
+    out = {}
+    for name in sorted(layers):
+        m = model.get_submodule(name)
+        if m.momentum is None or not m.track_running_stats:
+            raise ExportError(f"BatchNorm {name} uses momentum=None or track_running_stats=False, which a TFLite "
+                              "training program with bn='train' does not support")
+        out[name] = float(m.momentum)
+    return out
 
 
 def _check_loss_shapes(model: nn.Module, job: ExportJob) -> None:

@@ -1,32 +1,76 @@
 """Differentiable TF primitives whose gradients are built from TFLite builtin ops only.
 
-TF's own gradients of these ops (ReluGrad, Relu6Grad, RsqrtGrad, Conv2DBackpropFilter,
-DepthwiseConv2dNativeBackprop*, SparseSoftmaxCrossEntropyWithLogits, UnsortedSegmentSum for
-gather) have no TFLite builtin, so a training graph using them needs the Flex delegate, which the
-stock LiteRT interpreter lacks (neither ai-edge-litert nor TensorFlow ships it). Each primitive here pairs the usual
-forward op with a hand-written gradient:
+TF's own gradients of these ops (ReluGrad, Relu6Grad, SigmoidGrad, TanhGrad, RsqrtGrad,
+SqrtGrad, Conv2DBackpropFilter, DepthwiseConv2dNativeBackprop*, MaxPoolGrad, AvgPoolGrad,
+StridedSliceGrad, InvertPermutation, the Erf inside GELU, UnsortedSegmentSum for gather,
+SparseSoftmaxCrossEntropyWithLogits) have no TFLite builtin, so a training graph using them
+needs the Flex delegate, which the stock LiteRT interpreter lacks. Each primitive here pairs the
+usual forward op with a hand-written gradient, as PyTorch's backward defines it:
 
-- activations: masks and selects instead of *Grad ops;
+- activations: masks and selects instead of *Grad ops; erf as a rational polynomial;
 - conv input gradient: TRANSPOSE_CONV (dense) or zero insertion + DEPTHWISE_CONV_2D with the
-  flipped kernel (depthwise: TFLite has no grouped transpose conv);
+  flipped kernel (depthwise: TFLite has no grouped transpose conv); dilation by a kernel with
+  zeros inserted;
 - conv weight gradient: strided slices of the padded input (an im2col) and one matmul;
+- pooling: max pooling routes the gradient to the first maximum of each window (PyTorch's
+  tie rule) through strided windows; average pooling is a depthwise transpose conv of ones;
+- strided slices: zero insertion and PAD;
 - embedding gradient: one-hot matmul (STABLEHLO_SCATTER cannot add into a table);
 - losses: the analytic gradient of the mean loss.
-All tensors are NHWC with static shapes (training programs have a fixed batch).
+Gradients run in the training program only, where every shape is static.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
+
+
+def _zero(g: tf.Tensor) -> tf.Tensor:
+    return tf.zeros_like(g)
 
 
 def relu(x: tf.Tensor) -> tf.Tensor:
     @tf.custom_gradient
     def op(x):
         def grad(g):
-            return tf.where(x > 0, g, tf.zeros_like(g))
+            return tf.where(x > 0, g, _zero(g))
         return tf.nn.relu(x), grad
+    return op(x)
+
+
+def clamp(x: tf.Tensor, lo: float | None, hi: float | None, inclusive: bool) -> tf.Tensor:
+    """min(max(x, lo), hi). PyTorch's gradient passes where lo <= x <= hi for clamp and strictly
+    inside for hardtanh (relu6), hence `inclusive`. (0, 6) and (0, None) forward as RELU6/RELU."""
+    @tf.custom_gradient
+    def op(x):
+        if (lo, hi) == (0, 6):
+            y = tf.nn.relu6(x)
+        elif lo == 0 and hi is None:
+            y = tf.nn.relu(x)
+        else:
+            y = x if lo is None else tf.maximum(x, lo)
+            y = y if hi is None else tf.minimum(y, hi)
+
+        def grad(g):
+            bounds = ([x >= lo if inclusive else x > lo] if lo is not None else []) + \
+                     ([x <= hi if inclusive else x < hi] if hi is not None else [])
+            if not bounds:
+                return g
+            inside = bounds[0] if len(bounds) == 1 else tf.logical_and(*bounds)
+            return tf.where(inside, g, _zero(g))
+        return y, grad
+    return op(x)
+
+
+def leaky_relu(x: tf.Tensor, slope: float) -> tf.Tensor:
+    @tf.custom_gradient
+    def op(x):
+        def grad(g):
+            return tf.where(x > 0, g, g * slope)
+        return tf.nn.leaky_relu(x, slope), grad
     return op(x)
 
 
@@ -36,7 +80,7 @@ def hardswish(x: tf.Tensor) -> tf.Tensor:
     def op(x):
         def grad(g):
             inner = tf.where(x <= 3.0, g * (x / 3.0 + 0.5), g)
-            return tf.where(x < -3.0, tf.zeros_like(g), inner)
+            return tf.where(x < -3.0, _zero(g), inner)
         return x * tf.nn.relu6(x + 3.0) / 6.0, grad
     return op(x)
 
@@ -47,7 +91,7 @@ def hardsigmoid(x: tf.Tensor) -> tf.Tensor:
     def op(x):
         def grad(g):
             inside = tf.logical_and(x > -3.0, x < 3.0)
-            return tf.where(inside, g / 6.0, tf.zeros_like(g))
+            return tf.where(inside, g / 6.0, _zero(g))
         return tf.nn.relu6(x + 3.0) / 6.0, grad
     return op(x)
 
@@ -63,6 +107,28 @@ def sigmoid(x: tf.Tensor) -> tf.Tensor:
     return op(x)
 
 
+def silu(x: tf.Tensor) -> tf.Tensor:
+    @tf.custom_gradient
+    def op(x):
+        s = tf.sigmoid(x)
+
+        def grad(g):
+            return g * s * (1.0 + x * (1.0 - s))
+        return x * s, grad
+    return op(x)
+
+
+def tanh(x: tf.Tensor) -> tf.Tensor:
+    @tf.custom_gradient
+    def op(x):
+        y = tf.tanh(x)
+
+        def grad(g):
+            return g * (1.0 - y * y)
+        return y, grad
+    return op(x)
+
+
 def rsqrt(x: tf.Tensor) -> tf.Tensor:
     @tf.custom_gradient
     def op(x):
@@ -72,6 +138,92 @@ def rsqrt(x: tf.Tensor) -> tf.Tensor:
             return g * -0.5 * y * y * y
         return y, grad
     return op(x)
+
+
+def sqrt(x: tf.Tensor) -> tf.Tensor:
+    @tf.custom_gradient
+    def op(x):
+        y = tf.sqrt(x)
+
+        def grad(g):
+            return g * 0.5 / y
+        return y, grad
+    return op(x)
+
+
+def power(x: tf.Tensor, exponent: float) -> tf.Tensor:
+    """x ** exponent for a constant exponent (TF's gradient also differentiates the exponent)."""
+    @tf.custom_gradient
+    def op(x):
+        def grad(g):
+            return g * exponent * tf.pow(x, exponent - 1.0)
+        return tf.pow(x, exponent), grad
+    return op(x)
+
+
+# Eigen's float erf: x * P(x^2) / Q(x^2) on [-4, 4] (|erf| rounds to 1 beyond), a few ulp; TFLite
+# has no ERF builtin
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+def _erf_value(x: tf.Tensor) -> tf.Tensor:
+    x = tf.clip_by_value(x, -4.0, 4.0)
+    x2 = x * x
+    p, q = _ERF_P[0], _ERF_Q[0]
+    for c in _ERF_P[1:]:
+        p = p * x2 + c
+    for c in _ERF_Q[1:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+def erf(x: tf.Tensor) -> tf.Tensor:
+    @tf.custom_gradient
+    def op(x):
+        def grad(g):
+            return g * (2.0 / math.sqrt(math.pi)) * tf.exp(-x * x)
+        return _erf_value(x), grad
+    return op(x)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x: tf.Tensor, approximate: bool, fused: bool = True) -> tf.Tensor:
+    """GELU, exact or tanh-approximated; gradient as torch's gelu_backward.
+
+    The exact forward is TF's 0.5 * x * erfc(-x / sqrt(2)) when `fused`: the converter fuses it
+    into the GELU builtin (Erfc has none), but only while nothing else computes 0.5 * x of the
+    same tensor (common subexpressions are merged first). Training programs, whose gradients
+    reuse x, use x * Phi(x) with the polynomial erf instead. The tanh form is written out here
+    (TF's also starts with 0.5 * x).
+    """
+    @tf.custom_gradient
+    def op(x):
+        if approximate:
+            y = x * (0.5 + 0.5 * tf.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+        elif fused:
+            y = tf.nn.gelu(x, approximate=False)
+        else:
+            y = x * _normal_cdf(x)
+
+        def grad(g):
+            if not approximate:
+                pdf = tf.exp(x * x * -0.5) * (1.0 / math.sqrt(2.0 * math.pi))
+                return g * (_normal_cdf(x) + x * pdf)
+            x2 = x * x
+            inner = tf.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x2 * x))
+            d_inner = (1.0 - inner * inner) * _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x2)
+            return g * (0.5 + 0.5 * inner + x * (0.5 * d_inner))
+        return y, grad
+    return op(x)
+
+
+def _normal_cdf(x: tf.Tensor) -> tf.Tensor:
+    return 0.5 + 0.5 * _erf_value(x * (1.0 / math.sqrt(2.0)))
 
 
 def transpose(x: tf.Tensor, perm: list[int]) -> tf.Tensor:
@@ -87,33 +239,89 @@ def transpose(x: tf.Tensor, perm: list[int]) -> tf.Tensor:
     return op(x)
 
 
-def conv2d(x: tf.Tensor, w: tf.Tensor, stride: tuple[int, int], pad: tuple[int, int],
-           depthwise: bool) -> tf.Tensor:
-    """PyTorch Conv2d semantics (symmetric zero padding, no dilation) on NHWC input.
+def slice_axis(x: tf.Tensor, axis: int, start: int, stop: int | None, step: int) -> tf.Tensor:
+    """x[start:stop:step] along `axis` (non-negative start); the gradient puts g back in place
+    with zero insertion and PAD (TF's is StridedSliceGrad)."""
+    index = [slice(None)] * x.shape.rank
+    index[axis] = slice(start, stop, step)
 
-    w is HWIO for a dense conv and (kh, kw, C, 1) for a depthwise one. Padding is explicit (a PAD
-    op and a VALID conv) because TF's "SAME" pads bottom/right only for even inputs at stride 2.
+    @tf.custom_gradient
+    def op(x):
+        def grad(g):
+            size = x.shape[axis]
+            spread = insert_zeros(g, step, axis)
+            spread = _take(spread, axis, min(spread.shape[axis], size - start))
+            paddings = [[0, 0] for _ in range(x.shape.rank)]
+            paddings[axis] = [start, size - start - spread.shape[axis]]
+            return tf.pad(spread, paddings)
+        return x[tuple(index)], grad
+    return op(x)
+
+
+def _take(x: tf.Tensor, axis: int, n: int) -> tf.Tensor:
+    """The first n entries along `axis` (inside gradients only: no gradient of its own)."""
+    if n == x.shape[axis]:
+        return x
+    index = [slice(None)] * x.shape.rank
+    index[axis] = slice(0, n)
+    return x[tuple(index)]
+
+
+def insert_zeros(g: tf.Tensor, s: int, axis: int) -> tf.Tensor:
+    """Put s-1 zeros after every element along `axis` (the transpose of a stride-s subsample)."""
+    if s == 1:
+        return g
+    stacked = tf.stack([g] + [tf.zeros_like(g)] * (s - 1), axis=axis + 1)
+    shape = g.shape.as_list()
+    shape[axis] *= s
+    return tf.reshape(stacked, shape)
+
+
+def _dilate_kernel(w: tf.Tensor, dilation: tuple[int, int]) -> tf.Tensor:
+    """A (kh, kw, ...) kernel with dilation-1 zeros between taps: (k - 1) * d + 1 per axis."""
+    for axis, d in enumerate(dilation):
+        if d > 1:
+            w = _take(insert_zeros(w, d, axis), axis, (w.shape[axis] - 1) * d + 1)
+    return w
+
+
+def conv2d(x: tf.Tensor, w: tf.Tensor, stride: tuple[int, int], pad: tuple[int, int],
+           dilation: tuple[int, int], depthwise: bool) -> tf.Tensor:
+    """PyTorch Conv2d semantics (symmetric zero padding) on NHWC input.
+
+    w is HWIO for a dense conv and (kh, kw, C, multiplier) for a depthwise one. Padding is
+    explicit (a PAD op and a VALID conv) because TF's "SAME" pads bottom/right only for even
+    inputs at stride 2.
     """
     ph, pw = pad
-    strides = [1, stride[0], stride[1], 1]
-
-    def forward(xp: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-        if depthwise:
-            return tf.nn.depthwise_conv2d(xp, w, strides, "VALID")
-        return tf.nn.conv2d(xp, w, strides, "VALID")
 
     @tf.custom_gradient
     def op(x, w):
         xp = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]]) if ph or pw else x
-        y = forward(xp, w)
+        y = _conv_forward(xp, w, stride, dilation, depthwise)
 
         def grad(g):
+            wd = _dilate_kernel(w, dilation)
             input_grad = _depthwise_input_grad if depthwise else _dense_input_grad
-            dxp = input_grad(g, w, xp.shape, stride)
+            dxp = input_grad(g, wd, xp.shape, stride)
             dx = dxp[:, ph:ph + x.shape[1], pw:pw + x.shape[2], :]
-            return dx, _weight_grad(xp, g, w.shape, stride, depthwise)
+            return dx, _weight_grad(xp, g, w.shape, stride, dilation, depthwise)
         return y, grad
     return op(x, w)
+
+
+def _conv_forward(xp: tf.Tensor, w: tf.Tensor, stride: tuple[int, int], dilation: tuple[int, int],
+                  depthwise: bool) -> tf.Tensor:
+    sh, sw = stride
+    dilated = dilation != (1, 1)
+    if dilated and stride != (1, 1):
+        # TF's convs take dilation with unit strides only: dilate the kernel instead
+        w, dilation, dilated = _dilate_kernel(w, dilation), (1, 1), False
+    if not depthwise:
+        return tf.nn.conv2d(xp, w, [1, sh, sw, 1], "VALID", dilations=[1, *dilation, 1])
+    if sh != sw:  # TF's depthwise conv takes equal strides only: subsample a stride-1 result
+        return tf.nn.depthwise_conv2d(xp, w, [1, 1, 1, 1], "VALID", dilations=dilation)[:, ::sh, ::sw, :]
+    return tf.nn.depthwise_conv2d(xp, w, [1, sh, sw, 1], "VALID", dilations=dilation if dilated else None)
 
 
 def _dense_input_grad(g: tf.Tensor, w: tf.Tensor, padded_shape: tf.TensorShape,
@@ -124,40 +332,92 @@ def _dense_input_grad(g: tf.Tensor, w: tf.Tensor, padded_shape: tf.TensorShape,
 def _depthwise_input_grad(g: tf.Tensor, w: tf.Tensor, padded_shape: tf.TensorShape,
                           stride: tuple[int, int]) -> tf.Tensor:
     """dx[p] = sum_j g_dilated[p - j] * w[j]: a full convolution of the stride-dilated output
-    gradient, i.e. a VALID depthwise correlation with the flipped kernel after padding k-1."""
-    kh, kw = w.shape[0], w.shape[1]
-    gd = _insert_zeros(_insert_zeros(g, stride[0], axis=1), stride[1], axis=2)
+    gradient, i.e. a VALID depthwise correlation with the flipped kernel after padding k-1; the
+    multiplier's output channels of one input channel are summed."""
+    kh, kw, channels, mult = w.shape
+    gd = insert_zeros(insert_zeros(g, stride[0], axis=1), stride[1], axis=2)
     gp = tf.pad(gd, [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]])
-    full = tf.nn.depthwise_conv2d(gp, tf.reverse(w, [0, 1]), [1, 1, 1, 1], "VALID")
+    flipped = tf.reshape(tf.reverse(w, [0, 1]), [kh, kw, channels * mult, 1])
+    full = tf.nn.depthwise_conv2d(gp, flipped, [1, 1, 1, 1], "VALID")
+    if mult > 1:
+        n, h, w_, _ = full.shape
+        full = tf.reduce_sum(tf.reshape(full, [n, h, w_, channels, mult]), axis=-1)
     # the full convolution is at least as large as the padded input; the excess is past its end
     return full[:, :padded_shape[1], :padded_shape[2], :]
 
 
-def _insert_zeros(g: tf.Tensor, s: int, axis: int) -> tf.Tensor:
-    """Put s-1 zeros after every element along `axis` (the transpose of a stride-s subsample)."""
-    if s == 1:
-        return g
-    stacked = tf.stack([g] + [tf.zeros_like(g)] * (s - 1), axis=axis + 1)
-    shape = g.shape.as_list()
-    shape[axis] *= s
-    return tf.reshape(stacked, shape)
-
-
 def _weight_grad(xp: tf.Tensor, g: tf.Tensor, w_shape: tf.TensorShape, stride: tuple[int, int],
-                 depthwise: bool) -> tf.Tensor:
+                 dilation: tuple[int, int], depthwise: bool) -> tf.Tensor:
     """dW[i, j] = sum over batch and output positions of xp[strided window (i, j)] * g."""
     kh, kw = w_shape[0], w_shape[1]
-    oh, ow = g.shape[1], g.shape[2]
-    sh, sw = stride
-    patches = [xp[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
-               for i in range(kh) for j in range(kw)]
+    patches = _windows(xp, (kh, kw), stride, dilation, (g.shape[1], g.shape[2]))
     if depthwise:
-        dw = tf.reduce_sum(tf.stack(patches) * g, axis=[1, 2, 3])  # (kh*kw, C)
+        channels, mult = w_shape[2], w_shape[3]
+        n, oh, ow = g.shape[0], g.shape[1], g.shape[2]
+        gm = tf.reshape(g, [n, oh, ow, channels, mult])
+        dw = tf.reduce_sum(tf.expand_dims(tf.stack(patches), -1) * gm, axis=[1, 2, 3])  # (kh*kw, C, m)
         return tf.reshape(dw, w_shape)
-    rows = g.shape[0] * oh * ow
+    rows = g.shape[0] * g.shape[1] * g.shape[2]
     cols = tf.reshape(tf.concat(patches, axis=-1), [rows, -1])  # (rows, kh*kw*Cin), (i, j, c) order
     dw = tf.matmul(cols, tf.reshape(g, [rows, -1]), transpose_a=True)
     return tf.reshape(dw, w_shape)
+
+
+def _windows(xp: tf.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+             out: tuple[int, int]) -> list[tf.Tensor]:
+    """For each kernel tap (i, j) in row-major order, the input values it meets at every output
+    position: xp[:, i*dh + s*oh, j*dw + s*ow, :]."""
+    (sh, sw), (dh, dw), (oh, ow) = stride, dilation, out
+    return [xp[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw, :]
+            for i in range(kernel[0]) for j in range(kernel[1])]
+
+
+def _place_windows(parts: list[tf.Tensor], kernel: tuple[int, int], stride: tuple[int, int],
+                   padded_shape: list[int]) -> tf.Tensor:
+    """The transpose of `_windows` (no dilation): scatter each tap's (N, OH, OW, C) values back
+    onto the padded input and sum."""
+    total = None
+    for (i, j), part in zip(((i, j) for i in range(kernel[0]) for j in range(kernel[1])), parts):
+        spread = insert_zeros(insert_zeros(part, stride[0], axis=1), stride[1], axis=2)
+        spread = _take(_take(spread, 1, min(spread.shape[1], padded_shape[1] - i)), 2,
+                       min(spread.shape[2], padded_shape[2] - j))
+        placed = tf.pad(spread, [[0, 0], [i, padded_shape[1] - i - spread.shape[1]],
+                                 [j, padded_shape[2] - j - spread.shape[2]], [0, 0]])
+        total = placed if total is None else total + placed
+    return total
+
+
+def max_pool2d(xp: tf.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> tf.Tensor:
+    """VALID max pooling of an already (-inf) padded NHWC input; each output's gradient goes to
+    the first maximum of its window in row-major order, as PyTorch's indices do."""
+    @tf.custom_gradient
+    def op(xp):
+        y = tf.nn.max_pool2d(xp, list(kernel), [1, *stride, 1], "VALID")
+
+        def grad(g):
+            taken = None
+            parts = []
+            for window in _windows(xp, kernel, stride, (1, 1), (y.shape[1], y.shape[2])):
+                hit = tf.equal(window, y)
+                if taken is not None:
+                    hit = tf.logical_and(hit, tf.logical_not(taken))
+                taken = hit if taken is None else tf.logical_or(taken, hit)
+                parts.append(tf.where(hit, g, _zero(g)))
+            return _place_windows(parts, kernel, stride, xp.shape.as_list())
+        return y, grad
+    return op(xp)
+
+
+def avg_pool2d(xp: tf.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> tf.Tensor:
+    """VALID average pooling of an already (zero) padded NHWC input; its gradient is a depthwise
+    transpose conv of g / (kh * kw) with a kernel of ones."""
+    @tf.custom_gradient
+    def op(xp):
+        def grad(g):
+            ones = tf.ones([kernel[0], kernel[1], xp.shape[3], 1], g.dtype)
+            return _depthwise_input_grad(g / float(kernel[0] * kernel[1]), ones, xp.shape, stride)
+        return tf.nn.avg_pool2d(xp, list(kernel), [1, *stride, 1], "VALID"), grad
+    return op(xp)
 
 
 def embedding(table: tf.Tensor, ids: tf.Tensor, padding_idx: int | None) -> tf.Tensor:
@@ -170,7 +430,7 @@ def embedding(table: tf.Tensor, ids: tf.Tensor, padding_idx: int | None) -> tf.T
         def grad(g):
             hot = tf.one_hot(tf.reshape(ids, [-1]), rows, dtype=g.dtype)
             if padding_idx is not None:
-                hot = hot * tf.constant([0.0 if r == padding_idx else 1.0 for r in range(rows)], g.dtype)
+                hot = hot * tf.constant(np.arange(rows) != padding_idx, g.dtype)
             return tf.matmul(hot, tf.reshape(g, [-1, table.shape[1]]), transpose_a=True)
         return tf.gather(table, ids), grad
     return op(table)

@@ -61,6 +61,8 @@ class SimulationReport:
 class Method(ABC):
     name: str  # the registry key, also written into every run's config.json
     title: str  # one line for `dcl train --help`
+    # a click command serving the method's cloud side over HTTP (`dcl serve METHOD ...`), if any
+    serve_command: Any = None
 
     # -- cloud
     @abstractmethod

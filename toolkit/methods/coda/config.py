@@ -1,0 +1,140 @@
+"""CoDA configuration. Every default is the documented full run; `QUICK` overrides it for the
+few-minutes run. The paper (arXiv 2201.10382) publishes only its abstract: each open choice is a
+field here, with the reason for its default next to it (defaults were chosen on the validation
+users, never on the test users; see `data.py` for the split).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dcl_core.config import bounded, from_dict, load_file, merge, to_dict
+from dcl_core.errors import ConfigError
+from toolkit.train import OptimConfig
+
+
+@dataclass
+class DataConfig:
+    """MovieLens-100K as a fleet: every user is a device (data.py)."""
+
+    click_threshold: float = bounded(4.0, gt=0)  # click = rating >= this
+    min_interactions: int = bounded(20, ge=5)  # users with fewer are left out (ML-100K: none)
+    local_fraction: float = bounded(0.8, gt=0, lt=1)  # per user, by time: first part local, rest test
+    val_fraction: float = bounded(0.2, gt=0, lt=1)  # seeded share of users that choose defaults
+    # which users' later interactions the metrics report on ("val": for choosing defaults)
+    eval_split: Literal["test", "val"] = "test"
+    eval_users: int = bounded(0, ge=0)  # 0: every user of eval_split; else a seeded sample of that many
+
+
+@dataclass
+class ModelConfig:
+    """The CTR recommender: user/item embeddings + constant side features -> MLP -> click logit."""
+
+    dim: int = bounded(16, ge=1)  # embedding width of users and items
+    hidden: list[int] = field(default_factory=lambda: [64, 32], metadata={"bounds": {"ge": 1}})
+
+
+@dataclass
+class DeviceOptim:
+    """An on-device SGD program (what every runtime's training artifact runs): fixed batch size,
+    momentum, no weight decay (Core ML's SGD has none)."""
+
+    lr: float = bounded(0.05, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    epochs: int = bounded(5, ge=1)
+    batch_size: int = bounded(16, ge=1)
+
+
+@dataclass
+class MatchingConfig:
+    """Cloud, coarse matching: an approximate nearest-neighbour index over sample embeddings."""
+
+    index: Literal["hnsw", "ivf", "flat"] = "hnsw"  # flat: exact search (for checks)
+    hnsw_m: int = bounded(16, ge=4)
+    ef_construction: int = bounded(40, ge=8)
+    ef_search: int = bounded(64, ge=8)  # raised to k when a search asks for more
+    ivf_lists: int = bounded(0, ge=0)  # 0: 4 * sqrt(pool size)
+    nprobe: int = bounded(16, ge=1)
+    # what a sample's key is: "hidden" = the cloud recommender's last hidden layer for (user,
+    # item), "item" = the item's embedding and side features (ignores who the sample is from),
+    # "user" = the sample's user embedding and side features (samples of similar users)
+    embedding: Literal["hidden", "item", "user"] = "hidden"
+    # weight of the click sign (+1/-1) appended to the key: > 0 prefers samples with the same
+    # outcome as the query's; 0 matches on context only
+    label_weight: float = bounded(0.5, ge=0)
+    # K, the augmentation batch size: ratio x local samples, clamped to [retrieve_min, retrieve_max]
+    retrieve_ratio: float = bounded(2.0, gt=0)
+    retrieve_min: int = bounded(16, ge=1)
+    retrieve_max: int = bounded(512, ge=1)
+    # the request's summary: every local sample's key, or k-means centroids when there are more
+    max_queries: int = bounded(64, ge=1)
+    kmeans_iters: int = bounded(10, ge=1)
+    threads: int = bounded(1, ge=1)  # faiss threads for building and searching (1: deterministic)
+
+
+@dataclass
+class FilterConfig:
+    """Device, fine filtering: the personalized sample classifier and the keep rule (filtering.py)."""
+
+    hidden: int = bounded(16, ge=1)
+    # tau: "local_quantile" = the q-quantile of the classifier's P(local) over the device's own
+    # samples (keep a retrieved sample that looks at least as local as the q-th least local
+    # local sample); "fixed" = tau_fixed
+    tau_rule: Literal["local_quantile", "fixed"] = "local_quantile"
+    tau_quantile: float = bounded(0.5, ge=0, le=1)
+    tau_fixed: float = bounded(0.5, ge=0, le=1)
+    optim: DeviceOptim = field(default_factory=lambda: DeviceOptim(lr=0.1, momentum=0.9, epochs=5, batch_size=16))
+
+
+@dataclass
+class CoDAConfig:
+    seed: int = 0
+    threads: int = bounded(0, ge=0)  # 0: PyTorch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cloud: OptimConfig = field(default_factory=lambda: OptimConfig(
+        optimizer="adam", lr=2e-3, weight_decay=0.0, epochs=8, batch_size=256, schedule="cosine"))
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    # personalization: the recommender fine-tuned from the cloud weights on the device's data
+    finetune: DeviceOptim = field(default_factory=DeviceOptim)
+    # what personalization trains (recommender parameter prefixes; the side-feature tables never
+    # train): e.g. ["user."] adapts only this user's embedding row
+    finetune_trainable: list[str] = field(default_factory=lambda: ["user.", "item.", "tower.", "head."])
+
+    def check(self, where: str) -> "CoDAConfig":
+        m = self.matching
+        if m.retrieve_min > m.retrieve_max:
+            raise ConfigError(f"{where}.matching: retrieve_min ({m.retrieve_min}) exceeds retrieve_max ({m.retrieve_max})")
+        allowed = ("user.", "item.", "tower.", "head.")
+        bad = [p for p in self.finetune_trainable if not p.startswith(allowed)]
+        if bad or not self.finetune_trainable:
+            raise ConfigError(f"{where}.finetune_trainable: give one or more of {list(allowed)} (or their "
+                              f"sub-modules), got {self.finetune_trainable}")
+        if self.cloud.epochs < 1:
+            raise ConfigError(f"{where}.cloud.epochs: must be >= 1 (0 trains nothing), got {self.cloud.epochs}")
+        return self
+
+
+# The --quick run: the same pipeline with fewer cloud epochs and a seeded sample of test users.
+QUICK: dict[str, Any] = {
+    "data": {"eval_users": 120},
+    "cloud": {"epochs": 4},
+}
+
+
+def load_config(path: str | None = None, quick: bool = False, seed: int | None = None,
+                overrides: dict[str, Any] | None = None) -> CoDAConfig:
+    data: dict[str, Any] = {}
+    where = "coda config"
+    if quick:
+        data = merge(data, QUICK)
+    if path:
+        where = str(path)
+        loaded = load_file(path)
+        data = merge(data, loaded.get("coda", loaded) if isinstance(loaded, dict) else loaded)
+    if overrides:
+        data = merge(data, overrides)
+    if seed is not None:
+        data["seed"] = seed
+    return from_dict(CoDAConfig, merge(to_dict(CoDAConfig()), data), where).check(where)
