@@ -121,3 +121,23 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def load_config(cls: type[T], table: str, path: str | Path | None = None, quick: dict[str, Any] | None = None,
+                seed: int | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """A method's config: the dataclass defaults, then `quick` (the few-minutes run), then the
+    file's `[table]` (or its top level), then `overrides`, then `seed`; decoded strictly, and
+    checked across fields by the class's `check(where)` when it has one."""
+    data: dict[str, Any] = dict(quick or {})
+    where = f"{table} config"
+    if path:
+        where = str(path)
+        loaded = load_file(path)
+        data = merge(data, loaded.get(table, loaded))
+    if overrides:
+        data = merge(data, overrides)
+    if seed is not None:
+        data["seed"] = seed
+    cfg = from_dict(cls, merge(to_dict(cls()), data), where)
+    check = getattr(cfg, "check", None)
+    return check(where) if callable(check) else cfg

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dcl_core.config import bounded, from_dict, load_file, merge, to_dict
+from dcl_core.config import bounded
+from dcl_core.config import load_config as load_method_config
 from dcl_core.errors import ConfigError
 from toolkit.train import OptimConfig
 
@@ -125,16 +126,4 @@ QUICK: dict[str, Any] = {
 
 def load_config(path: str | None = None, quick: bool = False, seed: int | None = None,
                 overrides: dict[str, Any] | None = None) -> CoDAConfig:
-    data: dict[str, Any] = {}
-    where = "coda config"
-    if quick:
-        data = merge(data, QUICK)
-    if path:
-        where = str(path)
-        loaded = load_file(path)
-        data = merge(data, loaded.get("coda", loaded) if isinstance(loaded, dict) else loaded)
-    if overrides:
-        data = merge(data, overrides)
-    if seed is not None:
-        data["seed"] = seed
-    return from_dict(CoDAConfig, merge(to_dict(CoDAConfig()), data), where).check(where)
+    return load_method_config(CoDAConfig, "coda", path, QUICK if quick else None, seed, overrides)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dcl_core.config import bounded, from_dict, load_file, merge, to_dict
+from dcl_core.config import bounded
+from dcl_core.config import load_config as load_method_config
 from dcl_core.errors import ConfigError
 from toolkit.methods.dcccl.scenario import ScenarioConfig
 from toolkit.train import OptimConfig
@@ -101,17 +102,4 @@ QUICK: dict[str, Any] = {
 
 def load_config(path: str | None = None, quick: bool = False, seed: int | None = None,
                 overrides: dict[str, Any] | None = None) -> DCCCLConfig:
-    data: dict[str, Any] = {}
-    where = "dcccl config"
-    if quick:
-        data = merge(data, QUICK)
-    if path:
-        where = str(path)
-        loaded = load_file(path)
-        data = merge(data, loaded.get("dcccl", loaded) if isinstance(loaded, dict) else loaded)
-    if overrides:
-        data = merge(data, overrides)
-    if seed is not None:
-        data["seed"] = seed
-    base = to_dict(DCCCLConfig())
-    return from_dict(DCCCLConfig, merge(base, data), where).check(where)
+    return load_method_config(DCCCLConfig, "dcccl", path, QUICK if quick else None, seed, overrides)
