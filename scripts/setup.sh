@@ -12,6 +12,8 @@ need_apt=()
 command -v adb >/dev/null 2>&1 || need_apt+=(adb)
 # headless Chromium: the test that opens the HTML profile report and checks its plots render
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# Maven (and a JDK): the Android demo's compile check (scripts/setup_android.sh)
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven openjdk-17-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     log "missing system packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
