@@ -15,6 +15,7 @@ from toolkit.methods.base import Method
 
 METHODS: dict[str, str] = {
     "dcccl": "toolkit.methods.dcccl.plugin:DCCCL",
+    "iciia": "toolkit.methods.iciia.plugin:ICIIA",
     "coda": "toolkit.methods.coda.plugin:CoDA",
 }
 
