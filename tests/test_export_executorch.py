@@ -58,7 +58,7 @@ def _assert_verified(m: Manifest) -> None:
     v = tr.validation
     assert v.steps >= 10 and len(v.loss_runtime) == v.steps
     assert v.max_rel_loss_diff <= TOL and v.max_rel_weight_diff <= TOL
-    assert tr.details["kernels"] == "portable"
+    assert tr.details["delegate"] == "xnnpack (frozen part)"
 
 
 def _batch_np(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

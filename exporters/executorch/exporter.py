@@ -2,8 +2,9 @@
 
 Inference: torch.export -> to_edge_transform_and_lower(XNNPACK) -> to_executorch().
 Training: the model wrapped so forward(*inputs, y) returns the loss first, the joint
-forward/backward graph from `_export_forward_backward`, emitted on portable kernels (XNNPACK on
-a joint graph diverges to NaN, measured; see README "Exports"). The runtime's SGD applies the step.
+forward/backward graph from `_export_forward_backward`; the part computed from inputs and frozen
+weights only is delegated to XNNPACK, the rest (trainable forward, backward) runs on the CPU
+kernels (why not all of it: exporters/executorch/partition.py). The runtime's SGD applies the step.
 """
 from __future__ import annotations
 
@@ -58,13 +59,14 @@ class ExecuTorchExporter(Exporter):
         wrapped = _LossModule(model, loss_fn(spec.loss), _running_stats(model))
         joint = _joint_graph(wrapped, (*job.inputs, job.target))
         external = bool(job.options.get("external_weights"))
-        program = _emit_training(joint, external)
+        program, cpu_ops = _emit_training(joint, [_et_name(n) for n in trainable], external)
         path, data_file = _write_training(program, job, external)
         outputs = [TensorSpec("loss", [], "float32")] + [TensorSpec.of(n, model.get_buffer(n)) for n in wrapped.stats]
         return Artifact(name=job.name, path=path, format=self.format, kind="training",
                         inputs=_input_specs(job), outputs=outputs,
                         trainable=trainable, loss=spec.loss, optimizer=spec.optimizer_record(),
-                        details={"method": METHOD, "kernels": "portable", "bn": spec.bn,
+                        details={"method": METHOD, "bn": spec.bn,
+                                 "delegate": "xnnpack (frozen part)", "portable_ops": cpu_ops,
                                  "program": f"{job.name}.pte", "data": data_file,
                                  # ExecuTorch name -> PyTorch name, in the program's gradient order
                                  "parameters": {_et_name(n): n for n in trainable},
@@ -210,13 +212,16 @@ def _decompose(gm: torch.fx.GraphModule, op: torch._ops.OpOverload) -> None:
     gm.recompile()
 
 
-def _emit_training(joint: torch.export.ExportedProgram, external: bool):
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+def _emit_training(joint: torch.export.ExportedProgram, trainable: list[str], external: bool):
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
+    from exporters.executorch.partition import FrozenPartXnnpackPartitioner
+
     # the joint graph holds ops (e.g. threshold_backward) outside the Edge IR verifier's core set
-    with _stage("converting the joint graph to Edge"):
-        edge = to_edge(joint, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    with _stage("converting the joint graph to Edge and lowering its frozen part to XNNPACK"):
+        edge = to_edge_transform_and_lower(joint, partitioner=[FrozenPartXnnpackPartitioner(trainable)],
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
     # Mutated buffers (BN running stats) are memory-planned and start uninitialised unless
     # marked: give them their exported values. The pass matches placeholder names as substrings.
     # (Not emit_mutable_buffer_names: in 1.5.1 that dedupes a buffer's initial bytes against
@@ -226,8 +231,9 @@ def _emit_training(joint: torch.export.ExportedProgram, external: bool):
     placeholders = [p for p, b in sig.inputs_to_buffers.items() if b in mutated]
     config = ExecutorchBackendConfig(external_constants=external, external_mutable_weights=external,
                                      passes=[InitializedMutableBufferPass(placeholders)] if placeholders else [])
+    cpu_ops = _undelegated_ops(edge.exported_program())  # before emission rewrites ops to out variants
     with _stage("emitting the ExecuTorch training program"), _fixed_training_metadata():
-        return edge.to_executorch(config)
+        return edge.to_executorch(config), cpu_ops
 
 
 @contextlib.contextmanager
