@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import operator
 import re
 import shutil
 from pathlib import Path
@@ -18,11 +17,11 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch._decomp import decomposition_table
 
 from dcl_core.bundle import Artifact
 from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
+from exporters.executorch.joint_passes import rewrite_joint_graph
 from exporters.reference import set_train_modes
 from exporters.spec import TensorSpec, TrainingSpec, loss_fn
 
@@ -140,8 +139,7 @@ def _joint_graph(wrapped: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.ex
             ep = ep.run_decompositions({_SDPA: _attention_math})
     with _stage("building the joint forward/backward graph"):
         joint = _export_forward_backward(ep, joint_loss_index=0)
-        for op in _DECOMPOSE_IN_JOINT:
-            _decompose(joint.graph_module, op)
+        rewrite_joint_graph(joint.graph_module)
     return joint
 
 
@@ -163,53 +161,6 @@ def _attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
     return torch.softmax(scores, dim=-1) @ v
-
-
-# Joint-graph ops replaced by PyTorch's own decompositions (in torch._decomp's table):
-# - train-mode BatchNorm has no ExecuTorch kernel (decomposed: batch statistics + running-stat
-#   update; its backward is already decomposed and reads the save_mean/save_rstd outputs
-#   rewired here; decomposing before the joint export fails: the stats would require grad);
-# - max-pool backward: ExecuTorch 1.5.1's portable `max_pool2d_with_indices_backward` returns
-#   wrong input gradients (a ResNet stem's weight gradients were off by a factor ~300, measured),
-#   while the decomposition (scatter_add of the output gradients at the saved indices) is exact.
-_DECOMPOSE_IN_JOINT = (torch.ops.aten._native_batch_norm_legit_functional.default,
-                       torch.ops.aten.max_pool2d_with_indices_backward.default)
-
-
-def _decompose(gm: torch.fx.GraphModule, op: torch._ops.OpOverload) -> None:
-    """Replace every `op` node of the graph, in place, by its decomposition from torch._decomp."""
-    from torch._decomp import core_aten_decompositions
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    decomposition = decomposition_table[op]
-    graph = gm.graph
-    for node in [n for n in graph.nodes if n.target == op]:
-        positions = [i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node)]
-
-        def call(*tensors: torch.Tensor, args: tuple = node.args, at: list[int] = positions):
-            full = list(args)
-            for i, t in zip(at, tensors):
-                full[i] = t
-            return decomposition(*full)
-
-        examples = [torch.zeros(node.args[i].meta["val"].shape, dtype=node.args[i].meta["val"].dtype)
-                    for i in positions]
-        sub = make_fx(call, decomposition_table=core_aten_decompositions(), tracing_mode="fake")(*examples)
-        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
-        with graph.inserting_before(node):
-            outs = graph.graph_copy(sub.graph, dict(zip(placeholders, [node.args[i] for i in positions])))
-        if isinstance(outs, torch.fx.Node):  # a single output, used as is
-            node.replace_all_uses_with(outs)
-        else:
-            for user in list(node.users):
-                if user.target is not operator.getitem:
-                    raise ExportError(f"unexpected use of {op} in the joint graph ({user.target}); the ExecuTorch "
-                                      "exporter cannot decompose it (with BatchNorm: use bn='frozen')")
-                user.replace_all_uses_with(outs[user.args[1]])
-                graph.erase_node(user)
-        graph.erase_node(node)
-    graph.lint()
-    gm.recompile()
 
 
 def _emit_training(joint: torch.export.ExportedProgram, trainable: list[str], external: bool):

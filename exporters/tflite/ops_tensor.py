@@ -184,7 +184,7 @@ def constant_pad(ctx: Ctx, x: Val, pad: Sequence[int], value: float = 0.0) -> Va
     paddings = [[0, 0] for _ in range(x.rank)]
     for i in range(len(pad) // 2):  # (before, after) pairs from the last dim backwards
         paddings[x.axis(-1 - i)] = [int(pad[2 * i]), int(pad[2 * i + 1])]
-    return Val(tf.pad(x.t, paddings, constant_values=value), x.layout)
+    return Val(grads.pad(x.t, paddings, value), x.layout)
 
 
 @op(A.clone.default, A.alias.default, A.detach.default, A.lift_fresh_copy.default, A.contiguous.default)
