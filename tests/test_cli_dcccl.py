@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+from safetensors.torch import load_file
 from conftest import assert_one_line_error, run_dcl
 
 RESULT_KEYS = {"cloud_only", "device_only", "dcccl_mimic", "dcccl_oracle"}
@@ -21,6 +22,12 @@ def test_train_writes_the_documented_run(tiny_run):
     assert s["up_to_cloud_bytes"] == s["f_d"]["bytes"] and s["f_c"]["params"] > s["f_d"]["params"]
     for name in ("f_c", "g", "f_d", "f_d_oracle", "f_d_device_only"):
         assert (out / "checkpoints" / f"{name}.safetensors").is_file()
+    # the byte counts are what the checkpoints hold, and the ratio is theirs: (f_d + g) / f_c
+    for name in ("f_c", "g", "f_d"):
+        tensors = load_file(str(out / "checkpoints" / f"{name}.safetensors")).values()
+        assert s[name]["bytes"] == sum(t.numel() * t.element_size() for t in tensors)
+    # (above 1 here: the tiny config's f_c is small; the documented runs' ratios are 0.29 and 0.0077)
+    assert s["down_vs_cloud"] == (s["f_d"]["bytes"] + s["g"]["bytes"]) / s["f_c"]["bytes"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == "dcccl" and cfg["config"]["split"]["ratio"] == 3.0
     assert not list(out.parent.glob(".run.tmp-*"))  # the temp dir was renamed, not left behind
@@ -44,6 +51,7 @@ def test_eval_reproduces_the_metrics(tiny_run):
             assert again["results"][name][k] == pytest.approx(printed["results"][name][k], abs=1e-6)
     table = run_dcl("eval", str(out))
     assert "dcccl_mimic" in table.stdout and "union_test" in table.stdout
+    assert f"(f_d + g) / f_c: {printed['sizes']['down_vs_cloud']:.3g}" in table.stdout
 
 
 def test_eval_missing_run_dir_is_one_line(tmp_path):
@@ -73,7 +81,7 @@ def test_eval_corrupt_config_is_one_line(tiny_run, tmp_path):
 
 def test_import_weights_roundtrip_and_errors(tiny_run, tmp_path):
     import numpy as np
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     out = tmp_path / "copy"
     shutil.copytree(tiny_run[0], out)

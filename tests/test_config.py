@@ -1,13 +1,18 @@
 import pytest
 from conftest import assert_one_line_error, run_dcl
 
+from dcl_core.config import to_dict
 from dcl_core.errors import ConfigError
 from toolkit.methods.dcccl import load_config
+from toolkit.methods.dcccl.config import QUICK
 
 
 def test_defaults_and_quick_differ_only_where_quick_says():
     full, quick = load_config(), load_config(quick=True)
-    assert full.rounds == 10 and quick.rounds == 5
+    f, q = to_dict(full), to_dict(quick)
+    assert {k for k in f if f[k] != q[k]} <= set(QUICK)
+    assert quick.rounds == full.rounds == 10 and full.mimic.optim.epochs == 6 and full.device.lr == 0.05
+    assert quick.mimic.optim.epochs == 12 and quick.device.lr == 0.02 and quick.threads == 1
     assert quick.scenario.cloud_train_limit == 8000 and full.scenario.cloud_train_limit == 0
     assert quick.split == full.split
 

@@ -38,7 +38,10 @@ batch_size = 32
     proc = run_dcl("train", "dcccl", "--config", str(cfg), "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads(proc.stdout)
-    assert m["sizes"]["f_c"]["params"] > 3_000_000  # the real EfficientNet-Lite0 backbone
+    s = m["sizes"]
+    assert s["f_c"]["params"] > 3_000_000  # the real EfficientNet-Lite0 backbone
+    # the phone receives well under 1% of the cloud model's bytes (two ~14 kB CNNs vs ~13.7 MB)
+    assert s["down_vs_cloud"] == (s["f_d"]["bytes"] + s["g"]["bytes"]) / s["f_c"]["bytes"] < 0.01
     again = run_dcl("eval", str(out), "--json")  # rebuilt without ImageNet weights, from the checkpoint
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["results"] == {k: {kk: vv for kk, vv in v.items()} for k, v in m["results"].items()}

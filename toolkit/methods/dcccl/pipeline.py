@@ -67,12 +67,18 @@ def evaluate(trained: TrainedDCCCL, sc: Scenario, with_val: bool = True) -> dict
 
 
 def sizes(models: DCCCLModels) -> dict[str, Any]:
-    """Parameter counts and fp32 bytes of each part, and of what crosses the network per round."""
+    """Parameter counts and fp32 bytes of each part, and of what crosses the network per round.
+
+    down_vs_cloud = (f_d + g) / f_c in bytes: what the phone receives relative to the cloud model
+    it stands in for (DC-CCL's point is that this stays well below 1).
+    """
     part = {n: {"params": count_params(m), "bytes": state_bytes(m)}
             for n, m in (("f_c", models.f_c), ("g", models.g), ("f_d", models.f_d))}
+    down = part["f_d"]["bytes"] + part["g"]["bytes"]
     return part | {
-        "down_to_device_bytes": part["f_d"]["bytes"] + part["g"]["bytes"],
+        "down_to_device_bytes": down,
         "up_to_cloud_bytes": part["f_d"]["bytes"],
+        "down_vs_cloud": down / part["f_c"]["bytes"],
     }
 
 

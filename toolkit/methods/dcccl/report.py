@@ -20,4 +20,5 @@ def dcccl_table(metrics: dict[str, Any]) -> str:
         text += "\n\n" + tabulate(parts, headers=["model", "params", "bytes (fp32)"], tablefmt="github")
         text += (f"\n\ndown to device (f_d + g): {s['down_to_device_bytes']:,} bytes; "
                  f"up to cloud (f_d): {s['up_to_cloud_bytes']:,} bytes")
+        text += f"\ndown to device vs cloud model, (f_d + g) / f_c: {s['down_vs_cloud']:.3g} (bytes)"
     return text
