@@ -90,3 +90,35 @@ def test_fused_cnn_training_program_delegates_the_frozen_part(tmp_path):
     program = (tmp_path / "b" / tr.path).read_bytes()
     assert b"XnnpackBackend" in program, "the frozen mimic should be delegated to XNNPACK"
     assert "aten.convolution_backward.default" in tr.details["portable_ops"]
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=False),
+                                  nn.Conv2d(2, 3, 3, dilation=2), nn.Conv2d(8, 16, 1)])
+def test_conv_rewrites_compute_the_conv_and_its_weight_gradient(conv):
+    from exporters.executorch.conv_rewrites import Im2colConv, PointwiseConv
+
+    torch.manual_seed(0)
+    x = torch.rand(2, conv.in_channels, 9, 9)
+    rewritten = PointwiseConv(conv) if conv.kernel_size == (1, 1) else Im2colConv(conv)
+    expected, got = conv(x), rewritten(x)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    g_expected = torch.autograd.grad(expected.square().sum(), conv.weight)[0]
+    g_got = torch.autograd.grad(got.square().sum(), rewritten.weight)[0]
+    assert rewritten.weight is conv.weight and torch.allclose(g_got, g_expected, rtol=1e-4, atol=1e-5)
+
+
+def test_only_convs_that_qualify_are_rewritten():
+    from exporters.executorch.conv_rewrites import Im2colConv, PointwiseConv, rewrite_trainable_convs
+    from toolkit.models.examples import fused_cnn
+
+    ex = fused_cnn(batch=2)
+    model, trainable = et._training_copy(ex.model, ex.spec)
+    names_before = [n for n, _ in model.named_parameters()]
+    counts = rewrite_trainable_convs(model, ex.inputs)
+    assert [n for n, _ in model.named_parameters()] == names_before  # same names, same tensors
+    modules = dict(model.named_modules())
+    assert isinstance(modules["trainable.features.0.0"], Im2colConv)  # the stem sees the image
+    assert counts["input_im2col"] == 1 and counts["pointwise_matmul"] >= 2
+    assert not any(isinstance(m, (PointwiseConv, Im2colConv)) for n, m in modules.items() if n.startswith("frozen."))
+    depthwise = [m for m in modules.values() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert depthwise  # left as convs: their input needs a gradient

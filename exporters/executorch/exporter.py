@@ -4,7 +4,9 @@ Inference: torch.export -> to_edge_transform_and_lower(XNNPACK) -> to_executorch
 Training: the model wrapped so forward(*inputs, y) returns the loss first, the joint
 forward/backward graph from `_export_forward_backward`; the part computed from inputs and frozen
 weights only is delegated to XNNPACK, the rest (trainable forward, backward) runs on the CPU
-kernels (why not all of it: exporters/executorch/partition.py). The runtime's SGD applies the step.
+kernels (why not all of it: partition.py); trainable 1x1 convs and convs on the input become
+matrix products first (conv_rewrites.py), and the joint graph's BatchNorm and reductions are
+rewritten for accuracy (joint_passes.py). The runtime's SGD applies the step.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch import nn
 from dcl_core.bundle import Artifact
 from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
+from exporters.executorch.conv_rewrites import rewrite_trainable_convs
 from exporters.executorch.joint_passes import rewrite_joint_graph
 from exporters.reference import set_train_modes
 from exporters.spec import TensorSpec, TrainingSpec, loss_fn
@@ -55,6 +58,7 @@ class ExecuTorchExporter(Exporter):
     def export_training(self, job: ExportJob) -> Artifact:
         spec = _training_spec(job)
         model, trainable = _training_copy(job.model, spec)
+        rewritten = rewrite_trainable_convs(model, job.inputs)
         wrapped = _LossModule(model, loss_fn(spec.loss), _running_stats(model))
         joint = _joint_graph(wrapped, (*job.inputs, job.target))
         external = bool(job.options.get("external_weights"))
@@ -66,6 +70,7 @@ class ExecuTorchExporter(Exporter):
                         trainable=trainable, loss=spec.loss, optimizer=spec.optimizer_record(),
                         details={"method": METHOD, "bn": spec.bn,
                                  "delegate": "xnnpack (frozen part)", "portable_ops": cpu_ops,
+                                 "conv_rewrites": rewritten,
                                  "program": f"{job.name}.pte", "data": data_file,
                                  # ExecuTorch name -> PyTorch name, in the program's gradient order
                                  "parameters": {_et_name(n): n for n in trainable},
@@ -180,7 +185,10 @@ def _emit_training(joint: torch.export.ExportedProgram, trainable: list[str], ex
     sig = joint.graph_signature
     mutated = set(sig.buffers_to_mutate.values())
     placeholders = [p for p, b in sig.inputs_to_buffers.items() if b in mutated]
+    # With external weights, a view of a weight (the conv rewrites reshape theirs) as a zero-copy
+    # alias fails emission (the alias has no external tag): keep views as copies there.
     config = ExecutorchBackendConfig(external_constants=external, external_mutable_weights=external,
+                                     remove_view_copy=not external,
                                      passes=[InitializedMutableBufferPass(placeholders)] if placeholders else [])
     cpu_ops = _undelegated_ops(edge.exported_program())  # before emission rewrites ops to out variants
     with _stage("emitting the ExecuTorch training program"), _fixed_training_metadata():
