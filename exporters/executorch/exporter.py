@@ -58,7 +58,8 @@ class ExecuTorchExporter(Exporter):
     def export_training(self, job: ExportJob) -> Artifact:
         spec = _training_spec(job)
         model, trainable = _training_copy(job.model, spec)
-        rewritten = rewrite_trainable_convs(model, job.inputs)
+        with _stage("rewriting trainable convolutions as matrix products"):
+            rewritten = rewrite_trainable_convs(model, job.inputs)
         wrapped = _LossModule(model, loss_fn(spec.loss), _running_stats(model))
         joint = _joint_graph(wrapped, (*job.inputs, job.target))
         external = bool(job.options.get("external_weights"))
