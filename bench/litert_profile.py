@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ class OpTime:
     op: str
     output: str  # the first output tensor's name (carries the TF name scope, e.g. gradients/...)
     shapes: str  # input shapes -> output shapes
-    seconds: float  # median of the timed runs
+    seconds: float  # p50 of the timed runs (the harness's time_runs)
 
 
 def _op_name(model: flatbuffer_utils.ModelT, op: schema.OperatorT) -> str:
@@ -122,16 +121,6 @@ def _operand(it: Interpreter, subgraph: int, tensor: schema.TensorT, t: int) -> 
     return np.zeros(tensor.shape, _NUMPY.get(tensor.type, np.float32))
 
 
-def _median_time(fn, runs: int) -> float:
-    fn()  # allocation, first-touch
-    samples = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
 def profile_ops(path: Path, feed: dict[str, np.ndarray], signature: str = "train",
                 runs: int = 30) -> tuple[list[OpTime], dict[str, int]]:
     """Every timeable operator of `signature` timed alone; plus the counts of untimed ops."""
@@ -154,7 +143,7 @@ def profile_ops(path: Path, feed: dict[str, np.ndarray], signature: str = "train
                   + " ".join(str(list(sg.tensors[t].shape)) for t in op.outputs))
         output = sg.tensors[op.outputs[0]].name
         out.append(OpTime(i, name, output.decode() if isinstance(output, bytes) else str(output), shapes,
-                          _median_time(it.invoke, runs)))
+                          metrics.time_runs(it.invoke, runs, 0.0, warmup=1).runs.p50_s))
     return out, dict(untimed)
 
 

@@ -36,22 +36,21 @@ def _all_dims(x: torch.Tensor, dims: list[int] | None) -> list[int]:
     return sorted({d % x.dim() for d in (dims or range(x.dim()))}, reverse=True)
 
 
-def _sum_by_dim(x: torch.Tensor, dims: list[int] | None, keepdim: bool = False, *,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
-    axes = _all_dims(x, dims)
-    out = x if dtype is None else x.to(dtype)
-    for d in axes:
-        out = out.sum(dim=d, keepdim=True)
-    return out if keepdim else out.squeeze(axes)
+def _by_dim(reduce_one: Callable[[torch.Tensor, int], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """An ATen-style reduction (dims, keepdim, dtype) made of `reduce_one` over one dim at a time
+    (a mean of equal-sized blocks' means is the mean)."""
+    def reduction(x: torch.Tensor, dims: list[int] | None, keepdim: bool = False, *,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+        axes = _all_dims(x, dims)
+        out = x if dtype is None else x.to(dtype)
+        for d in axes:
+            out = reduce_one(out, d)
+        return out if keepdim else out.squeeze(axes)
+    return reduction
 
 
-def _mean_by_dim(x: torch.Tensor, dims: list[int] | None, keepdim: bool = False, *,
-                 dtype: torch.dtype | None = None) -> torch.Tensor:
-    axes = _all_dims(x, dims)
-    out = x if dtype is None else x.to(dtype)
-    for d in axes:  # every block has the same size, so the mean of means is the mean
-        out = out.mean(dim=d, keepdim=True)
-    return out if keepdim else out.squeeze(axes)
+_sum_by_dim = _by_dim(lambda t, d: t.sum(dim=d, keepdim=True))
+_mean_by_dim = _by_dim(lambda t, d: t.mean(dim=d, keepdim=True))
 
 
 def _var_mean_by_dim(x: torch.Tensor, dims: list[int] | None = None, *, correction: float | None = None,
