@@ -83,6 +83,21 @@ def eval_cmd(run_dir: str, as_json: bool) -> None:
     _emit(metrics, as_json, m.results_table(metrics))
 
 
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
+def compare_cmd(run_dirs: tuple[str, ...], as_json: bool) -> None:
+    """Mean ± sample std of every result over runs of one method (e.g. one config, several seeds)."""
+    from toolkit.compare import compare_runs
+
+    c = compare_runs(list(run_dirs))
+    if c.config_differences and not as_json:
+        click.echo(f"note: the runs' configs differ in more than the seed: {', '.join(c.config_differences)}",
+                   err=True)
+    seeds = ", ".join(str(s) for s in c.seeds)
+    _emit(c.as_dict(), as_json, f"{c.method}, {len(c.runs)} runs (seeds {seeds})\n\n{c.table()}")
+
+
 @cli.command("targets")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 def targets_cmd(as_json: bool) -> None:
