@@ -86,8 +86,34 @@ def test_simulate_in_a_runtime_agrees_with_pytorch(tiny_run):
     """Every device's controlled step runs inside the ONNX Runtime training artifact, weights come
     back through the runtime, the cloud merges; the same simulation in PyTorch agrees."""
     proc = run_dcl("simulate", str(tiny_run[0]), "--runtime", "onnxruntime", "--devices", "2",
-                   "--rounds", "1", "--epochs", "1", "--json")
+                   "--rounds", "1", "--epochs", "1", "--noise-floor", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout)
-    assert res["steps"] > 0 and set(res["accuracy"]) == {"pytorch", "onnx"}  # the canonical format name
+    # the canonical format name, and PyTorch once more from a start 1 ulp away
+    assert res["steps"] > 0 and set(res["accuracy"]) == {"pytorch", "onnx", "pytorch_1ulp"}
     assert res["union_gap"] <= 0.5
+    union = {e: a["union_test"] for e, a in res["accuracy"].items()}
+    assert res["noise_floor"] == pytest.approx(abs(union["pytorch_1ulp"] - union["pytorch"]))
+    assert res["union_gap"] == pytest.approx(abs(union["onnx"] - union["pytorch"]))
+
+
+def test_nudged_start_is_one_ulp_away_in_both_directions():
+    from toolkit.methods.dcccl.simulate import nudged
+
+    state = {"w": torch.randn(64, 32), "b": torch.randn(32), "frozen": torch.randn(8)}
+    out = nudged(state, ["w", "b"], seed=3)
+    assert torch.equal(out["frozen"], state["frozen"])
+    for n in ("w", "b"):
+        moved_up = out[n] > state[n]
+        assert not torch.equal(out[n], state[n]) and (out[n] != state[n]).all()
+        assert 0 < moved_up.sum() < moved_up.numel()  # some up, some down
+        # exactly one representable float away: stepping back lands on the original
+        back = torch.nextafter(out[n], torch.where(moved_up, torch.tensor(-float("inf")), torch.tensor(float("inf"))))
+        assert torch.equal(back, state[n])
+    assert torch.equal(nudged(state, ["w"], seed=3)["w"], out["w"])  # seeded
+
+
+def test_noise_floor_is_refused_where_simulate_has_none(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"method": "iciia", "config": {}}))
+    assert_one_line_error(run_dcl("simulate", str(tmp_path), "--runtime", "onnx", "--noise-floor"),
+                          "iciia's simulate has no --noise-floor")

@@ -182,18 +182,24 @@ def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: st
 @click.option("--devices", type=COUNT, default=None, help="Virtual devices (default: the method's).")
 @click.option("--rounds", type=COUNT, default=None, help="Rounds (default: the method's).")
 @click.option("--epochs", type=COUNT, default=None, help="Local epochs per round (default: the run's).")
+@click.option("--noise-floor", is_flag=True,
+              help="Also run PyTorch from start weights 1 ulp away: the gap float rounding alone gives.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
 def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | None, epochs: int | None,
-                 as_json: bool) -> None:
+                 noise_floor: bool, as_json: bool) -> None:
     """A fleet of virtual devices training inside a runtime's exported artifact, beside PyTorch."""
     from tabulate import tabulate
 
+    from dcl_core.errors import ConfigError
     from exporters.formats import get_format
     from toolkit.methods.base import FleetOptions
     from toolkit.methods.registry import method_of_run
 
     m = method_of_run(run_dir)
-    rep = m.simulate(Path(run_dir), get_format(runtime), FleetOptions(devices, rounds, epochs), _log(as_json))
+    if noise_floor and not m.simulate_noise_floor:
+        raise ConfigError(f"{m.name}'s simulate has no --noise-floor run; drop the flag")
+    rep = m.simulate(Path(run_dir), get_format(runtime), FleetOptions(devices, rounds, epochs, noise_floor),
+                     _log(as_json))
     _emit(rep.record, as_json, tabulate(rep.rows, headers=rep.columns, tablefmt="github") + f"\n\n{rep.summary}")
 
 

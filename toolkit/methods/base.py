@@ -46,6 +46,9 @@ class FleetOptions:
     devices: int | None = None
     rounds: int | None = None
     epochs: int | None = None
+    # also run the PyTorch reference from start weights 1 ulp away: how far float rounding alone
+    # moves the final accuracy over the same steps, the yardstick for a runtime's gap
+    noise_floor: bool = False
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Method(ABC):
     title: str  # one line for `dcl train --help`
     # a click command serving the method's cloud side over HTTP (`dcl serve METHOD ...`), if any
     serve_command: Any = None
+    # whether `simulate` honours FleetOptions.noise_floor (methods that train on the fleet)
+    simulate_noise_floor: bool = False
 
     # -- cloud
     @abstractmethod

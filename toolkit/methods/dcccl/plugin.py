@@ -16,6 +16,7 @@ from toolkit.methods.dcccl.report import dcccl_table
 class DCCCL(Method):
     name = "dcccl"
     title = "DC-CCL: cloud submodel, mimic distillation, controlled device rounds, and the baselines"
+    simulate_noise_floor = True
 
     def load_config(self, path: str | None, quick: bool, seed: int | None) -> config.DCCCLConfig:
         return config.load_config(path, quick=quick, seed=seed)
@@ -50,10 +51,13 @@ class DCCCL(Method):
 
         res = simulate(run_dir, runtime, options, log)
         rows = [[engine, *acc.values(), res.seconds[engine]] for engine, acc in res.accuracy.items()]
-        return SimulationReport(
-            ["engine", "cloud_test %", "device_test %", "union_test %", "seconds"], rows,
-            f"|union gap| = {res.union_gap:.2f} points ({res.steps} runtime steps)",
-            dataclasses.asdict(res) | {"union_gap": res.union_gap})
+        summary = f"|union gap| = {res.union_gap:.2f} points ({res.steps} runtime steps)"
+        record = dataclasses.asdict(res) | {"union_gap": res.union_gap}
+        if res.noise_floor is not None:
+            summary += f"; PyTorch from a start 1 ulp away: {res.noise_floor:.2f} points (rounding alone)"
+            record["noise_floor"] = res.noise_floor
+        return SimulationReport(["engine", "cloud_test %", "device_test %", "union_test %", "seconds"], rows,
+                                summary, record)
 
     def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
                        force: bool = False) -> dict[str, Any]:

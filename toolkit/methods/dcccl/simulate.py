@@ -4,7 +4,9 @@ merged on the cloud (runtime_harness.fleet's engine).
 
 The same simulation runs with the PyTorch reference of the identical program (the gate's
 reference step: same batches, same SGD, same frozen-BN semantics), so the two final accuracies
-are comparable; agreement within 0.5 union points is expected.
+are comparable. Agreement within 0.5 union points was expected; over hundreds of SGD steps,
+though, float32 rounding alone moves the result, and `--noise-floor` measures by how much: the
+PyTorch reference once more, from start weights 1 ulp away.
 
 Start point: the run's trained f_d, i.e. further rounds on devices. (An exported training
 program carries f_d's BatchNorm statistics as constants and only its parameters train, so the
@@ -49,6 +51,28 @@ class FleetResult:
     def union_gap(self) -> float:
         return abs(self.accuracy[self.runtime]["union_test"] - self.accuracy["pytorch"]["union_test"])
 
+    @property
+    def noise_floor(self) -> float | None:
+        """|union gap| between PyTorch and PyTorch from a start 1 ulp away (None unless that ran)."""
+        if NUDGED not in self.accuracy:
+            return None
+        return abs(self.accuracy[NUDGED]["union_test"] - self.accuracy["pytorch"]["union_test"])
+
+
+NUDGED = "pytorch_1ulp"
+
+
+def nudged(state: dict[str, torch.Tensor], names: list[str], seed: int) -> dict[str, torch.Tensor]:
+    """`state` with each of `names` moved 1 ulp up or down per element (random, seeded): a start
+    as far from the original as one float32 rounding, i.e. what runtimes differ by after a step."""
+    g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for n in names:
+        w = state[n]
+        up = torch.randint(0, 2, w.shape, generator=g, dtype=torch.bool)
+        out[n] = torch.nextafter(w, torch.where(up, torch.tensor(float("inf")), torch.tensor(float("-inf"))))
+    return out
+
 
 def _device_batches(data: ImageSet, batch: int, epochs: int, seed: int) -> list[dict[str, np.ndarray]]:
     out = []
@@ -84,20 +108,26 @@ def simulate(run_dir: str | Path, runtime: Format, options: FleetOptions, log: L
                           [fmt], Path(tmp) / "bundle", log=log)
         art = next(a for a in manifest.artifacts if a.kind == "training")
         path = Path(tmp) / "bundle" / art.path
-        openers = {"pytorch": lambda: PyTorchTraining(device_program(trained.models.g, f_d), spec,
-                                                        threads=torch.get_num_threads()),
-                   fmt: lambda: open_training(fmt, path, art, threads=1)}
+
+        def reference() -> PyTorchTraining:
+            return PyTorchTraining(device_program(trained.models.g, f_d), spec, threads=torch.get_num_threads())
+
+        openers = {"pytorch": reference, fmt: lambda: open_training(fmt, path, art, threads=1)}
+        starts = dict.fromkeys(openers, init)
+        if options.noise_floor:
+            openers[NUDGED] = reference
+            starts[NUDGED] = nudged(init, [n[len(prefix):] for n in names], cfg.seed)
         result = FleetResult(runtime.name, devices, rounds)
         for engine, opener in openers.items():
             t0 = time.perf_counter()
-            f_d.load_state_dict(init)
+            f_d.load_state_dict(starts[engine])
             for r in progress(range(rounds), f"{engine}: rounds"):
                 program = dict(device_program(trained.models.g, f_d).named_parameters())
                 start = {n: program[n].detach().numpy().copy() for n in names}
                 batches = [_device_batches(data, spec.batch_size, epochs, cfg.seed * 7919 + r * 101 + k)
                            for k, data in enumerate(sc.devices)]
                 merged = fleet_round(opener, start, batches, [len(d) for d in sc.devices])
-                if engine != "pytorch":
+                if engine == fmt:
                     result.steps += merged.steps
                 state = dict(f_d.state_dict())
                 state.update({n[len(prefix):]: torch.from_numpy(merged.weights[n]).reshape(state[n[len(prefix):]].shape)
