@@ -17,6 +17,7 @@ from toolkit.run import RunDir
 
 # config keys expected to differ between the runs being compared
 VARYING = ("seed",)
+_MISSING = object()  # a config key one run has and another lacks
 
 
 @dataclass
@@ -98,9 +99,6 @@ def _differences(configs: list[dict[str, Any]]) -> list[str]:
     keys = dict.fromkeys(k for f in flat for k in f)
     return [k for k in keys if k not in VARYING
             and any(f.get(k, _MISSING) != flat[0].get(k, _MISSING) for f in flat)]
-
-
-_MISSING = object()
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
