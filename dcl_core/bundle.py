@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -20,6 +21,8 @@ from typing import Any
 
 from dcl_core.config import from_dict
 from dcl_core.errors import BundleError
+from dcl_core.schema import validate_manifest_schema
+from dcl_core.untrusted import inside, plain_file
 
 FORMAT_VERSION = 2
 # Version 1 bundles (one program, no program names) are refused with a line that says to re-export:
@@ -178,31 +181,59 @@ def artifact_from_json(data: Any) -> Artifact:
     return from_dict(Artifact, data, "artifact")
 
 
+MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32: past any phone model's input; a crafted shape is refused
+
+
 def load_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
-    """Read and (by default) sha256-verify a bundle; one clear line on any problem."""
+    """Read and (by default) verify a bundle; one clear line on any problem.
+
+    A manifest is data from whoever made the bundle: it must match the JSON Schema (names are
+    single path components, shapes bounded), every path in it resolves inside the bundle with no
+    link on the way, and with `verify` every file is a plain file with one name and its sha256."""
     bundle = Path(bundle)
     p = bundle / "manifest.json"
-    if not p.is_file():
-        raise BundleError(f"{p} is missing; is {bundle} a bundle made by `dcl export`?")
+    if p.is_symlink() or not p.is_file():
+        raise BundleError(f"{p} is missing or not a plain file; is {bundle} a bundle made by `dcl export`?")
     try:
         raw = json.loads(p.read_text())
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"{p} is corrupt (not JSON: {e}); re-run `dcl export`") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version not in READABLE_VERSIONS:
         raise BundleError(f"{p} has format_version {version!r}; this dcl reads bundles of version "
                           f"{', '.join(map(str, READABLE_VERSIONS))}: re-run `dcl export` to rewrite it")
+    validate_manifest_schema(raw, str(p))
     try:
         # strict: unknown keys mean a manifest we do not understand
         m = from_dict(Manifest, raw, str(p))
     except Exception as e:  # noqa: BLE001 - any parse problem is the same user error
         raise BundleError(f"{p} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__}); re-run `dcl export`") from None
+    _check_contents(m, bundle, p)
     if verify:
         for a in m.artifacts:
             for f in a.files:
-                fp = bundle / f.path
-                if not fp.is_file():
-                    raise BundleError(f"bundle file {fp} is missing; re-run `dcl export`")
+                fp = plain_file(inside(bundle, f.path, "bundle file", BundleError), "bundle file", BundleError)
                 if sha256_file(fp) != f.sha256:
                     raise BundleError(f"bundle file {fp} fails its sha256 check (corrupt or modified); re-run `dcl export`")
     return m
+
+
+def _check_contents(m: Manifest, bundle: Path, where: Path) -> None:
+    """What the schema cannot say: names unique, paths inside the bundle, tensor sizes bounded."""
+    names = [a.name for a in m.artifacts]
+    if len(set(names)) != len(names) or len({p.name for p in m.programs}) != len(m.programs):
+        raise BundleError(f"{where} names an artifact or program twice; re-run `dcl export`")
+    for a in m.artifacts:
+        inside(bundle, a.path, f"artifact {a.name} path", BundleError)
+        for f in a.files:
+            rel = inside(bundle, f.path, f"artifact {a.name} file", BundleError)
+            if a.path != f.path and not rel.is_relative_to(bundle.resolve() / a.path):
+                raise BundleError(f"{where}: artifact {a.name} lists {f.path!r}, which is outside its path {a.path!r}")
+        for t in a.inputs + a.outputs:
+            if math.prod(d for d in t.shape if d > 0) > MAX_TENSOR_ELEMENTS:
+                raise BundleError(f"{where}: artifact {a.name} tensor {t.name!r} has shape {t.shape}, more than "
+                                  f"{MAX_TENSOR_ELEMENTS:,} elements; re-run `dcl export`")
+    for prog in m.programs:
+        lo_hi = (prog.extra.get("input") or {}).get("range")
+        if lo_hi is not None and not (math.isfinite(lo_hi[0]) and math.isfinite(lo_hi[1]) and lo_hi[0] < lo_hi[1]):
+            raise BundleError(f"{where}: program {prog.name} extra.input.range {lo_hi} is not an interval lo < hi")

@@ -19,6 +19,7 @@ from torch import nn
 from dcl_core.bundle import Artifact, Manifest, Program, TensorSpec, Validation, describe_files, now
 from dcl_core.errors import ExportError, TrainingNotExpressible, ValidationError
 from dcl_core.outputs import atomic_output
+from dcl_core.untrusted import check_name
 from exporters.base import ExportJob, get_exporter
 from exporters.formats import FORMATS, get_format, tool_versions
 from exporters.gate import TRAINING_STEPS, validate_inference, validate_training
@@ -69,9 +70,7 @@ def export(programs: Sequence[ProgramSpec], formats: Sequence[str] = tuple(FORMA
     the export and leaves no bundle. The bundle replaces only a previous dcl bundle, with `force`,
     and never one of `inputs` (dcl_core.outputs).
     """
-    names = [p.name for p in programs]
-    if not programs or len(set(names)) != len(names):
-        raise ExportError(f"a bundle needs one or more programs with distinct names, got {names}")
+    check_programs(programs)
     formats = [get_format(f).name for f in formats]
     for p in programs:
         if p.training is not None and not p.train_batches:
@@ -131,6 +130,29 @@ def _export_program_format(spec: ProgramSpec, program: Program, fmt: str, bundle
     tart.validation = _gate_training(exporter, tart, bundle, model, training, list(spec.train_batches), steps, tjob)
     program.artifacts.append(tart)
     log(f"  {spec.name} {fmt:10s} training   {_summary(tart)}  ({time.perf_counter() - t0:.1f}s)")
+
+
+def check_programs(programs: Sequence[ProgramSpec]) -> None:
+    """Refuse (ExportError, one line) programs that cannot make a bundle: a name that is not one
+    safe path component (names become file names), names given twice, example inputs the gate
+    cannot feed."""
+    names = [check_name(p.name, "program name", ExportError) for p in programs]
+    if not programs or len(set(names)) != len(names):
+        raise ExportError(f"a bundle needs one or more programs with distinct names, got {names}")
+    for p in programs:
+        _check_inputs(p)
+
+
+def _check_inputs(p: ProgramSpec) -> None:
+    """Example inputs the gate can feed: tensors with at least one element, one name each."""
+    if len(p.names()) != len(p.example_inputs):
+        raise ExportError(f"program {p.name!r}: {len(p.example_inputs)} example inputs but {len(p.names())} input names")
+    for name, t in zip(p.names(), p.example_inputs):
+        if not isinstance(t, torch.Tensor):
+            raise ExportError(f"program {p.name!r}: example input {name!r} is a {type(t).__name__}, not a tensor")
+        if t.numel() == 0:
+            raise ExportError(f"program {p.name!r}: example input {name!r} has no elements (shape {list(t.shape)}); "
+                              "give an example with at least one element per dimension")
 
 
 def _random_like(inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:

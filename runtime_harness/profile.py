@@ -118,7 +118,7 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
     baseline where one is given; writes results.json and report.html into out_dir (also when
     partial)."""
     bundle = Path(bundle)
-    check_destination(out_dir, PROFILE, force, [bundle])  # before any measuring
+    check_destination(out_dir, PROFILE, force, containers=[bundle])  # before any measuring; it may sit in the bundle
     manifest = load_manifest(bundle)  # sha256-verified: a corrupt bundle stops here
     if device == "host":
         info, target = host_info(), get_target("host")
@@ -143,9 +143,9 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
                 results.artifacts.extend(_eager_results(program, base, plan, target))
     except DeviceError as e:
         results.mark_partial(str(e))
-        write_outputs(results, out_dir, force, (bundle,))
+        write_outputs(results, out_dir, force, containers=(bundle,))
         raise DeviceError(f"{e} (partial results saved to {Path(out_dir) / 'results.json'})") from None
-    write_outputs(results, out_dir, force, (bundle,))
+    write_outputs(results, out_dir, force, containers=(bundle,))
     return results
 
 

@@ -150,7 +150,7 @@ def test_import_weights_refuses_unsafe_names(run_copy, tmp_path, name):
     save_file(good, str(tmp_path / "w.safetensors"))
     before = _tree(tmp_path)
     assert_one_line_error(run_dcl("import-weights", str(out), str(tmp_path / "w.safetensors"), "--name", name),
-                          "is not allowed")
+                          "is not a valid name")
     assert _tree(tmp_path) == before
 
 

@@ -112,7 +112,7 @@ def test_bundle_samples_folder_is_used_when_present(bundle, tmp_path, capsys):
     assets = Path(json.loads(out)["assets"])
     index = json.loads((assets / "samples" / "index.json").read_text())
     assert index["source"] == "bundle samples/" and index["programs"]["device_step"]["count"] == 40
-    got = np.frombuffer((assets / "samples" / "device_step_x.bin").read_bytes(), "<f4").reshape(x.shape)
+    got = np.frombuffer((assets / "samples" / "device_step_0.bin").read_bytes(), "<f4").reshape(x.shape)
     assert np.array_equal(got, x)
     # a samples file without the target is one line
     np.savez(src / "samples" / "device_step.npz", x=x)

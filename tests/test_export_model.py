@@ -68,7 +68,7 @@ def test_factory_returning_a_program_spec_adds_training(tmp_path):
 
 @pytest.mark.parametrize("ref, needle", [
     ("user_models", "package.module:factory"),
-    ("no_such_module_xyz:f", "cannot import"),
+    ("no_such_module_xyz:f", "no module"),
     ("user_models:nope", "has no function 'nope'"),
     ("user_models:broken", "RuntimeError: weights file missing"),
     ("user_models:wrong", "returned int"),

@@ -5,8 +5,9 @@ The app is recognised by its files: an Android Gradle project (`settings.gradle.
 `app/src/main/assets/bundle/`; a Swift package (`Package.swift` with Sources/DclDemo/, e.g.
 ios_demo/) gets the Core ML artifacts in `Sources/DclDemo/Resources/bundle/`.
 
-Before anything is written the bundle is checked: manifest schema (dcl_core/manifest.schema.json),
-format_version, every file's sha256, and that it holds at least one artifact of each format the
+Before anything is written the bundle is checked (dcl_core.bundle.load_manifest): manifest schema
+(dcl_core/manifest.schema.json), format_version, names and paths that stay inside the bundle, plain
+files only (no links), every file's sha256, and that it holds at least one artifact of each format the
 platform runs (a missing one is one line naming the `dcl export --formats` that adds it). Then the
 platform's artifacts, a manifest listing only them, and samples go into a temporary folder that is
 renamed into place (dcl_core.outputs.atomic_output: never half-copied, and a folder dcl did not
@@ -22,6 +23,7 @@ dimension = sample count), else synthesizes them from the artifacts' input specs
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ import numpy as np
 from dcl_core.bundle import Artifact, Manifest, Program, load_manifest, sha256_file
 from dcl_core.errors import BundleError, OutputError
 from dcl_core.outputs import atomic_output
-from dcl_core.schema import validate_manifest_schema
+from dcl_core.untrusted import inside, plain_file
 
 APP_BUNDLE = "app-bundle"  # the output kind of an app's bundle folder
 SAMPLES_VERSION = 1
@@ -74,18 +76,16 @@ def bundle_into_app(bundle_dir: str | Path, app_dir: str | Path, force: bool = F
     if not app.is_dir():
         raise OutputError(f"app folder {app} does not exist; give the demo app's folder, e.g. --app android_demo")
     platform = platform_of(app)
-    raw = _raw_manifest(bundle)
-    validate_manifest_schema(raw, str(bundle / "manifest.json"))
-    manifest = load_manifest(bundle, verify=True)  # format_version and every file's sha256
+    manifest = load_manifest(bundle, verify=True)  # schema, names, paths inside, plain files, sha256
     kept = _platform_manifest(manifest, platform, bundle)
     samples = _samples(bundle, kept)
-    dest = app / platform.assets
+    dest = inside(app, platform.assets, "the app's asset folder", OutputError)
     with atomic_output(dest, APP_BUNDLE, force, inputs=(bundle,)) as tmp:
         for a in kept.artifacts:
             for f in a.files:
-                target = tmp / f.path
+                target = inside(tmp, f.path, "bundle file", BundleError)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(bundle / f.path, target)
+                shutil.copyfile(bundle / f.path, target, follow_symlinks=False)
                 if sha256_file(target) != f.sha256:  # the copy, not just the source
                     raise BundleError(f"copying {f.path} into {dest} changed it (disk full or failing?); nothing was written")
         kept.write(tmp)
@@ -94,16 +94,6 @@ def bundle_into_app(bundle_dir: str | Path, app_dir: str | Path, force: bool = F
             "artifacts": [a.name for a in kept.artifacts], "bytes": sum(a.bytes for a in kept.artifacts),
             "samples": {"source": samples["source"],
                         "programs": {p: v["count"] for p, v in samples["programs"].items()}}}
-
-
-def _raw_manifest(bundle: Path) -> Any:
-    p = bundle / "manifest.json"
-    if not p.is_file():
-        raise BundleError(f"{p} is missing; is {bundle} a bundle made by `dcl export`?")
-    try:
-        return json.loads(p.read_text())
-    except ValueError as e:
-        raise BundleError(f"{p} is corrupt (not JSON: {e}); re-run `dcl export`") from None
 
 
 def _platform_manifest(m: Manifest, platform: Platform, bundle: Path) -> Manifest:
@@ -133,8 +123,9 @@ def _samples(bundle: Path, m: Manifest) -> dict[str, Any]:
     for p in m.programs:
         specs = _program_specs(p)
         npz = bundle / "samples" / f"{p.name}.npz"
-        if npz.is_file():
-            arrays = _from_npz(npz, specs)
+        if os.path.lexists(npz):  # a link here is refused, not followed
+            arrays = _from_npz(plain_file(inside(bundle, f"samples/{p.name}.npz", "sample file", BundleError),
+                                          "sample file", BundleError), specs)
             sources.add("bundle samples/")
         else:
             arrays = _synthesize(p, specs)
@@ -189,8 +180,8 @@ def _write_samples(root: Path, samples: dict[str, Any]) -> None:
     index: dict[str, Any] = {"version": SAMPLES_VERSION, "source": samples["source"], "programs": {}}
     for prog, v in samples["programs"].items():
         tensors = []
-        for name, a in v["arrays"].items():
-            rel = f"samples/{prog}_{name}.bin"
+        for i, (name, a) in enumerate(v["arrays"].items()):
+            rel = f"samples/{prog}_{i}.bin"  # tensor names are the manifest's data, not file names
             (root / rel).write_bytes(a.astype(a.dtype.newbyteorder("<")).tobytes())
             tensors.append({"name": name, "shape": list(a.shape), "dtype": str(a.dtype), "file": rel})
         index["programs"][prog] = {"count": v["count"], "tensors": tensors}

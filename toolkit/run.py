@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +14,7 @@ from torch import nn
 
 from dcl_core.errors import CheckpointError
 from dcl_core.outputs import atomic_output
+from dcl_core.untrusted import check_name
 
 
 class RunDir:
@@ -56,9 +56,7 @@ class RunDir:
 
     def save_new_checkpoint(self, name: str, model: nn.Module, force: bool = False) -> Path:
         """Save under a user-given name: a plain file name, never replacing a checkpoint unless asked."""
-        if not CHECKPOINT_NAME.fullmatch(name) or ".." in name:
-            raise CheckpointError(f"checkpoint name {name!r} is not allowed; use letters, digits, '_', '-' or '.' "
-                                  "(no path separators, not starting with '.')")
+        check_name(name, "checkpoint name", CheckpointError)
         path = self.checkpoint_path(name)
         if path.exists() and not force:
             raise CheckpointError(f"checkpoint {path} exists; pass --force to replace it, or --name another name")
@@ -103,7 +101,6 @@ def _wrong_shape(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
 
 
 RUN = "run"  # the output kind of a run directory
-CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 @contextmanager

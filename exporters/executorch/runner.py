@@ -21,6 +21,7 @@ import torch
 
 from dcl_core.bundle import Artifact
 from dcl_core.errors import BundleError
+from dcl_core.untrusted import inside
 from exporters.runner import InferenceRunner, TrainingRunner, feed
 from exporters.spec import TensorSpec
 
@@ -138,8 +139,9 @@ def _files(path: Path, art: Artifact) -> tuple[Path, Path | None]:
     """The .pte and optional .ptd: `path` is the .pte itself, or a folder holding both."""
     if path.is_file():
         return path, None
-    program = path / art.details.get("program", f"{art.name}.pte")
-    data = path / art.details["data"] if art.details.get("data") else None
+    # the names come from the manifest (someone else's file): they must stay inside the folder
+    program = inside(path, art.details.get("program", f"{art.name}.pte"), "ExecuTorch program", BundleError)
+    data = inside(path, art.details["data"], "ExecuTorch data file", BundleError) if art.details.get("data") else None
     for p in (program, data):
         if p is not None and not p.is_file():
             raise BundleError(f"ExecuTorch artifact file {p} is missing; re-run `dcl export`")

@@ -19,6 +19,7 @@ from onnxruntime.training.api import CheckpointState, Module, Optimizer
 
 from dcl_core.bundle import Artifact
 from dcl_core.errors import BundleError
+from dcl_core.untrusted import inside
 from exporters.runner import InferenceRunner, TrainingRunner, feed
 
 WHO = "the ONNX model"
@@ -65,10 +66,13 @@ class TrainingSession:
 def load_training_session(folder: Path, files: dict[str, str], threads: int,
                           with_optimizer: bool) -> TrainingSession:
     """Checkpoint + Module (training and eval models) [+ ORT optimizer] of a training folder."""
-    state = CheckpointState.load_checkpoint(folder / files["checkpoint"])
-    module = Module(folder / files["training_model"], state, folder / files["eval_model"],
-                    device="cpu", session_options=_options(threads))
-    optimizer = Optimizer(folder / files["optimizer_model"], module) if with_optimizer else None
+    # the file names come from the manifest (someone else's file): they must stay inside the folder
+    def at(role: str) -> Path:
+        return inside(folder, files[role], f"ONNX training {role}", BundleError)
+
+    state = CheckpointState.load_checkpoint(at("checkpoint"))
+    module = Module(at("training_model"), state, at("eval_model"), device="cpu", session_options=_options(threads))
+    optimizer = Optimizer(at("optimizer_model"), module) if with_optimizer else None
     return TrainingSession(state, module, optimizer)
 
 

@@ -152,10 +152,10 @@ PROFILE = "profile"  # the output kind of a profile folder
 
 
 def write_outputs(results: ProfileResults, out_dir: str | Path, force: bool = False,
-                  inputs: tuple[str | Path, ...] = ()) -> tuple[Path, Path]:
+                  containers: tuple[str | Path, ...] = ()) -> tuple[Path, Path]:
     """results.json and report.html as one new folder `out_dir` (also used to save partial
     results), written atomically; it replaces only a previous dcl profile, with `force`."""
-    with atomic_output(out_dir, PROFILE, force, inputs) as tmp:
+    with atomic_output(out_dir, PROFILE, force, containers=containers) as tmp:
         results.write(tmp / RESULTS_FILE)
         (tmp / REPORT_FILE).write_text(html_report(results))
     out = Path(out_dir)

@@ -25,7 +25,7 @@ class HostTensor private constructor(
  * Sample inputs `dcl bundle` wrote into samples/: index.json lists, per program, tensors keyed by the
  * artifacts' input names (first dimension = sample count), each a little-endian raw file.
  * {"version": 1, "source": "...", "programs": {"device_step": {"count": N, "tensors": [
- *   {"name": "x", "shape": [N,1,28,28], "dtype": "float32", "file": "samples/device_step_x.bin"}, ...]}}}
+ *   {"name": "x", "shape": [N,1,28,28], "dtype": "float32", "file": "samples/device_step_0.bin"}, ...]}}}
  */
 class Samples(val source: String, private val byProgram: Map<String, Map<String, HostTensor>>) {
 
