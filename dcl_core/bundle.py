@@ -132,9 +132,6 @@ class Manifest:
                 return p
         raise BundleError(f"no program named {name!r} in the bundle; it has: {', '.join(p.name for p in self.programs)}")
 
-    def program_of(self, artifact: Artifact) -> Program:
-        return next(p for p in self.programs if any(a is artifact for a in p.artifacts))
-
     def artifact(self, name: str) -> Artifact:
         for a in self.artifacts:
             if a.name == name:

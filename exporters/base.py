@@ -1,7 +1,7 @@
 """The Exporter interface: one small class per format, registered by name.
 
 An exporter turns a PyTorch module into files and an `Artifact` record (path, signature,
-format-specific `details`); it does not validate (the one gate in exporters/validate.py does,
+format-specific `details`); it does not validate (the one gate in exporters/gate.py does,
 through the runtime's runner) and knows nothing about methods.
 """
 from __future__ import annotations
@@ -49,8 +49,8 @@ class Exporter(ABC):
         """Write the on-device training program for job.spec; return its Artifact."""
 
     def runnable_here(self, kind: str) -> tuple[bool, str]:
-        """Whether this machine can run the artifact for numeric validation, and why not."""
-        return get_format(self.format).runs_here()
+        """Whether this machine can run the artifact of `kind` for numeric validation, and why not."""
+        return get_format(self.format).runs_here(kind)
 
     def validate_structure(self, artifact: Artifact, job: ExportJob) -> Validation:
         """Checks for formats that cannot run here (Core ML on Linux)."""

@@ -10,13 +10,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dcl_core.bundle import TensorSpec
 from dcl_core.errors import ExportError
 
 ALL = "*"  # in TrainingSpec.trainable: every parameter of the model
 DTYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32"}  # names used in manifests
 
-__all__ = ["TensorSpec", "TrainingSpec", "loss_fn"]
+__all__ = ["TrainingSpec", "loss_fn"]
 
 
 @dataclass

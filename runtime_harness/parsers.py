@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from runtime_harness.metrics import TOOL_REPORTED, BatterySample, LatencyStats, latency_stats
 
@@ -305,6 +306,15 @@ class WrapperOutput:
 def _section(text: str, name: str) -> str:
     m = re.search(rf"^DCL-{name}-BEGIN\n(.*?)^DCL-{name}-END$", text, re.S | re.M)
     return m.group(1) if m else ""
+
+
+# The parser of each official benchmark tool, by the name a format descriptor gives
+# (exporters.formats.AndroidTool.parser): output text, optional result file -> timings.
+TOOL_PARSERS: dict[str, Callable[[str, str | None], ToolTimings]] = {
+    "benchmark_model": lambda out, _result: parse_benchmark_model(out),
+    "onnxruntime_perf_test": parse_ort_perf_test,
+    "executor_runner": lambda out, _result: parse_executor_runner(out),
+}
 
 
 def parse_wrapper_output(text: str) -> WrapperOutput:

@@ -75,7 +75,7 @@ def synthetic_inputs(art: Artifact, classes: int, seed: int = 0) -> dict[str, np
 
 def _host_artifact(bundle: Path, art: Artifact, plan: ProfilePlan, target, classes: int) -> ArtifactResult:
     path = bundle / art.path
-    ok, why = get_format(art.format).runs_here()
+    ok, why = get_format(art.format).runs_here(art.kind)
     if not ok:
         return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes, f"not runnable here: {why}")
     inputs = synthetic_inputs(art, classes)
@@ -103,7 +103,7 @@ def _eager_results(program: Program, base: Baseline, plan: ProfilePlan, target) 
                                          target)
         out.append(ArtifactResult.from_profile(f"{program.name}_pytorch_eager", "pytorch", "inference", "", 0, prof,
                                                unmeasured, plan.threads, EAGER))
-    tr = next((a for a in program.artifacts if a.kind == "training" and get_format(a.format).runs_here()[0]), None)
+    tr = next((a for a in program.artifacts if a.kind == "training" and get_format(a.format).runs_here(a.kind)[0]), None)
     if tr is not None and base.training is not None:
         prof = metrics.profile_training(lambda: PyTorchTraining(base.model, base.training, threads=plan.threads),
                                         synthetic_inputs(tr, classes), plan.runs, plan.min_duration_s, 2, target)

@@ -60,26 +60,26 @@ def jvm_run(bundle, tiny_run, tmp_path_factory):
     expected = tmp / "expected.json"
     expected.write_text(json.dumps({"artifact": "device_step_onnx", "tolerance": 1e-4,
                                     "logits": _pytorch_logits(tiny_run[0], x).tolist()}))
-    out = tmp / "out"
+    out, reports = tmp / "out", tmp / "surefire-reports"  # fresh: no report of an earlier run can count
     t0 = time.monotonic()
     proc = subprocess.run(["mvn", "-q", "-o", "-B", "-f", str(DEMO / "pom.xml"), "test", f"-Ddcl.bundle={assets}",
-                           f"-Ddcl.expected={expected}", f"-Ddcl.out={out}"],
+                           f"-Ddcl.expected={expected}", f"-Ddcl.out={out}", f"-Ddcl.reports={reports}"],
                           capture_output=True, text=True, timeout=900)
-    return proc, out, time.monotonic() - t0, summary
+    return proc, out, time.monotonic() - t0, summary, reports
 
 
-def _reports() -> dict[str, dict[str, int]]:
+def _reports(folder: Path) -> dict[str, dict[str, int]]:
     out = {}
-    for f in (DEMO / "jvm" / "check" / "target" / "surefire-reports").glob("TEST-*.xml"):
+    for f in folder.glob("TEST-*.xml"):
         r = ET.parse(f).getroot()
         out[r.get("name")] = {k: int(r.get(k)) for k in ("tests", "failures", "errors", "skipped")}
     return out
 
 
 def test_maven_compiles_the_app_and_its_jvm_tests_pass(jvm_run):
-    proc, out, seconds, summary = jvm_run
+    proc, out, seconds, summary, folder = jvm_run
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    reports = _reports()
+    reports = _reports(folder)
     assert {"org.dcl.demo.core.BundleTest", "org.dcl.demo.core.TrainingLoopTest",
             "org.dcl.demo.runtime.OrtInferenceTest"} <= set(reports), reports
     assert all(r["failures"] == 0 and r["errors"] == 0 for r in reports.values()), reports
@@ -92,14 +92,14 @@ def test_maven_compiles_the_app_and_its_jvm_tests_pass(jvm_run):
 
 
 def test_ort_code_of_the_app_matches_pytorch_on_the_jvm(jvm_run):
-    proc, out, _, _ = jvm_run
+    proc, out, *_ = jvm_run
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     worst = float((out / "ort_jvm_max_abs_diff.txt").read_text())  # written only when the comparison ran
     assert worst <= 1e-4
 
 
 def test_weights_the_kotlin_loop_wrote_load_with_import_weights(jvm_run, tiny_run, tmp_path):
-    proc, out, _, _ = jvm_run
+    proc, out, *_ = jvm_run
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run)
@@ -110,7 +110,7 @@ def test_weights_the_kotlin_loop_wrote_load_with_import_weights(jvm_run, tiny_ru
 def test_benchmark_result_the_app_writes_reads_in_the_harness(jvm_run):
     from runtime_harness.devices.app import parse_app_result
 
-    proc, out, _, _ = jvm_run
+    proc, out, *_ = jvm_run
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     r = parse_app_result((out / "dcl_benchmark.json").read_text())
     assert r.kind == "training" and r.latency.n == 5 and r.batch_size == 32 and len(r.losses) == 8

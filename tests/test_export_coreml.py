@@ -241,6 +241,8 @@ def test_runners_refuse_off_macos(mlp):
         with pytest.raises(DeviceError, match="Core ML runs only on macOS"):
             open_runner("coreml", out / art.path, art)
     assert CoreMLExporter().runnable_here("inference")[0] is False
+    ok, why = CoreMLExporter().runnable_here("training")  # not even on a Mac: MLUpdateTask has no Python API
+    assert not ok and why
 
 
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction runs only on macOS")

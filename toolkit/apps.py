@@ -36,6 +36,7 @@ from dcl_core.bundle import Artifact, Manifest, Program, load_manifest, sha256_f
 from dcl_core.errors import BundleError, OutputError
 from dcl_core.outputs import atomic_output
 from dcl_core.untrusted import inside, plain_file
+from exporters.formats import formats_of_app
 
 APP_BUNDLE = "app-bundle"  # the output kind of an app's bundle folder
 SAMPLES_VERSION = 1
@@ -44,10 +45,17 @@ SYNTH_SEED = 0
 
 @dataclass(frozen=True)
 class Platform:
-    name: str
-    formats: tuple[str, ...]
+    name: str  # a demo app kind; its formats are those whose descriptor names it (Format.demo_app)
     assets: str  # the bundle folder, relative to the app
-    export_hint: str
+    example_target: str  # a phone of this platform, for the hint that re-exports
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return formats_of_app(self.name)
+
+    @property
+    def export_hint(self) -> str:
+        return f"--target {self.example_target} --formats {','.join(self.formats)}"
 
     def detect(self, app: Path) -> bool:
         if self.name == "android":
@@ -56,9 +64,8 @@ class Platform:
 
 
 PLATFORMS = (
-    Platform("android", ("executorch", "onnx", "tflite"), "app/src/main/assets/bundle",
-             "--target pixel-8 --formats executorch,onnx,tflite"),
-    Platform("ios", ("coreml",), "Sources/DclDemo/Resources/bundle", "--target iphone-15 --formats coreml"),
+    Platform("android", "app/src/main/assets/bundle", "pixel-8"),
+    Platform("ios", "Sources/DclDemo/Resources/bundle", "iphone-15"),
 )
 
 

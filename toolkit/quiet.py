@@ -22,16 +22,21 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-# Loggers of libraries dcl imports; at ERROR only real failures show.
-THIRD_PARTY_LOGGERS = ("torch", "coremltools", "absl", "tensorflow", "onnxscript", "onnx_ir", "torchao",
-                       "executorch", "jax", "h5py", "numexpr")
+from exporters.formats import FORMATS
 
-# Native lines written to fd 2 by C++ code, by their fixed prefixes.
-NATIVE_NOISE = re.compile(
-    r"^(\[[A-Za-z0-9_]+\.(?:cpp|cc|h):\d+\] "  # ExecuTorch's ET_LOG: "[cpuinfo_utils.cpp:71] ..."
-    r"|WARNING: All log messages before absl::InitializeLog\(\)"  # absl before init
-    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] "  # absl/glog and torch's logging format, info/warning
-    r"|INFO: Created TensorFlow Lite \w+ delegate)")
+# Loggers of libraries dcl imports besides the formats' own (each Format names its loggers);
+# at ERROR only real failures show.
+SHARED_LOGGERS = ("torch", "numexpr")
+THIRD_PARTY_LOGGERS = tuple(dict.fromkeys(SHARED_LOGGERS + tuple(n for f in FORMATS.values() for n in f.loggers)))
+
+# Native lines written to fd 2 by C++ code, by their fixed prefixes: the formats' own (on their
+# descriptors) and the log formats several libraries share.
+SHARED_NATIVE_NOISE = (
+    r"WARNING: All log messages before absl::InitializeLog\(\)",  # absl before init
+    r"[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] ",  # absl/glog and torch's logging format, info/warning
+)
+NATIVE_NOISE = re.compile("^(" + "|".join(
+    SHARED_NATIVE_NOISE + tuple(p for f in FORMATS.values() for p in f.native_noise)) + ")")
 # Environment defaults read by libraries at import time (only where the user has not set them).
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1", "GLOG_minloglevel": "2"}
 

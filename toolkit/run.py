@@ -111,10 +111,6 @@ def atomic_run_dir(final: str | Path, force: bool = False) -> Iterator[RunDir]:
         yield RunDir(tmp)
 
 
-def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())
-
-
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights a device returned (.safetensors or .npz, never pickle): float32 and finite only,
     since every runtime trains in float32 and a cast or a NaN would silently corrupt a model."""

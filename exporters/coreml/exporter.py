@@ -2,7 +2,7 @@
 network (.mlmodel).
 
 Nothing Core ML can be compiled or run on Linux, so on Linux (and for training everywhere, see
-`runnable_here`) the gate calls `validate_structure`, which checks the spec with coremltools:
+the descriptor's `no_host_training`) the gate calls `validate_structure`, which checks the spec with coremltools:
 signature, MIL ops and fp32 precision, and for training the rules Apple's compiler enforces on
 updatable networks plus agreement with the PyTorch model.
 
@@ -79,15 +79,6 @@ class CoreMLExporter(Exporter):
                      "target": job.target_name, "mini_batch_size": spec.batch_size, "epochs": 1,
                      "per_example_features": True, "head_reparametrization": rewrite.reparam,
                      "source_dtypes": source_dtypes(job.input_names, job.inputs, NN_DTYPES)})
-
-    def runnable_here(self, kind: str) -> tuple[bool, str]:
-        ok, why = super().runnable_here(kind)
-        if not ok:
-            return ok, why
-        if kind == "training":
-            return False, ("Core ML updates models only through MLUpdateTask (Swift/Objective-C), which "
-                           "coremltools does not expose to Python; the iOS app runs it")
-        return True, ""
 
     def validate_structure(self, artifact: Artifact, job: ExportJob) -> Validation:
         return validate_structure(job.bundle / artifact.path, artifact, job)

@@ -20,13 +20,13 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from dcl_core.bundle import Artifact
+from dcl_core.bundle import Artifact, TensorSpec
 from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
 from exporters.executorch.conv_rewrites import rewrite_trainable_convs
 from exporters.executorch.joint_passes import rewrite_joint_graph
 from exporters.reference import set_train_modes
-from exporters.spec import TensorSpec, TrainingSpec, loss_fn
+from exporters.spec import TrainingSpec, loss_fn
 
 METHOD = "forward"
 # The loss wrapper holds the model as `.model`, so ExecuTorch names parameters "model.<name>".

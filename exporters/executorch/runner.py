@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcl_core.bundle import Artifact
+from dcl_core.bundle import Artifact, TensorSpec
 from dcl_core.errors import BundleError
 from dcl_core.untrusted import inside
 from exporters.runner import InferenceRunner, TrainingRunner, feed
-from exporters.spec import TensorSpec
 
 _GRAD_INDEX = "__et_training_gradients_index_"
 _PARAM_INDEX = "__et_training_parameters_index_"

@@ -32,11 +32,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from dcl_core.bundle import Artifact
+from dcl_core.bundle import Artifact, TensorSpec
 from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
 from exporters.onnx.runner import IR_VERSION, load_training_session, save_inference_model, save_model
-from exporters.spec import TensorSpec, TrainingSpec
+from exporters.spec import TrainingSpec
 
 OPSET = 18
 LOSS_OUTPUT = "loss"

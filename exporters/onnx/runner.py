@@ -1,5 +1,5 @@
 """ONNX Runtime runners: `InferenceSession` for an .onnx model, `onnxruntime.training.api`
-(CheckpointState / Module / Optimizer) for the training folder written by exporters/onnx.py.
+(CheckpointState / Module / Optimizer) for the training folder written by exporters/onnx/exporter.py.
 
 Training step = what torch.optim.SGD does after `zero_grad(); loss.backward()`: ORT computes the
 gradients (Module.lazy_reset_grad + train step); the update is ORT's SGD optimizer model when it

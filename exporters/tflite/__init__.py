@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return SUPPORTED_OPS
     if name == "TFLiteExporter":
-        from exporters.tflite.export import TFLiteExporter
+        from exporters.tflite.exporter import TFLiteExporter
 
         return TFLiteExporter
     raise AttributeError(f"module 'exporters.tflite' has no attribute {name!r}")

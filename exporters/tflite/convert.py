@@ -17,7 +17,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from dcl_core.errors import ExportError
-from exporters.spec import TensorSpec
+from dcl_core.bundle import TensorSpec
 
 
 class _ExpectedWarnings(logging.Filter):

@@ -77,9 +77,6 @@ class WeightStore:
     def variable(self, name: str) -> tf.Variable:
         return self._vars[name].var
 
-    def is_variable(self, name: str) -> bool:
-        return name in self._vars
-
     def val(self, name: str) -> Val:
         """The tensor as the program reads it (call inside the traced function)."""
         layout = self._vars[name].layout if name in self._vars else self._layout(name)

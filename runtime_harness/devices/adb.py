@@ -23,7 +23,7 @@ from dcl_core.bundle import sha256_file
 from dcl_core.errors import DeviceError
 from runtime_harness import metrics
 from runtime_harness.devices.base import DeviceInfo
-from runtime_harness.devices.tools import AndroidTool, RunPlan, find_tool, shared_libs
+from runtime_harness.devices.tools import AndroidTool, RunPlan, find_tool, parse_tool_output, shared_libs, tool_command
 from runtime_harness.metrics import LatencyStats, Measurement
 from runtime_harness.parsers import (
     AdbDeviceEntry,
@@ -221,8 +221,8 @@ class AdbDevice:
         d = self.remote_dir
         rails_dump = (lambda tag: f"echo DCL-{tag}-BEGIN; dumpsys {POWERSTATS} 2>&1; echo DCL-{tag}-END") \
             if rails else (lambda tag: ":")
-        logcat = ("echo DCL-LOGCAT-BEGIN; logcat -d -v brief -T \"$LOGT\" -s ExecuTorch:I 2>&1; echo DCL-LOGCAT-END"
-                  if tool.binary == "executor_runner" else ":")
+        logcat = (f"echo DCL-LOGCAT-BEGIN; logcat -d -v brief -T \"$LOGT\" -s {tool.logcat_tag}:I 2>&1; "
+                  "echo DCL-LOGCAT-END" if tool.logcat_tag else ":")
         return "\n".join([
             "# written by dcl (runtime_harness/devices/adb.py); safe to delete",
             f"cd {d} || exit 97",
@@ -231,7 +231,7 @@ class AdbDevice:
             rails_dump("RAILS0"),
             "LOGT=$(date '+%m-%d %H:%M:%S.000')",
             "echo \"DCL-T0 $(cut -d' ' -f1 /proc/uptime)\"",
-            f"{tool.command(d, model_name, plan)} > tool.out 2>&1 &",
+            f"{tool_command(tool, d, model_name, plan)} > tool.out 2>&1 &",
             "P=$!",
             "S=; T=",
             ": > samples.txt",
@@ -284,7 +284,7 @@ class AdbDevice:
                 if tool.writes_result_file and w.rc == 0:
                     local = self.pull(tool.result_path(d), Path(tmp) / "result.txt")
                     result_text = local.read_text() if local.is_file() else None
-            timings = tool.parse(w.tool_output + "\n" + w.logcat, result_text)
+            timings = parse_tool_output(tool, w.tool_output + "\n" + w.logcat, result_text)
             if w.rc is None:
                 raise DeviceError(f"{tool.binary} on {self.serial}: the run wrapper printed no exit status "
                                   f"(killed? out of storage in {d}?); re-run")

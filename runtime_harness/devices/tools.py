@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dcl_core.errors import DeviceError
 from dcl_core.paths import PROJECT_ROOT
-from exporters.formats import FORMATS
-from runtime_harness.parsers import ToolTimings, parse_benchmark_model, parse_executor_runner, parse_ort_perf_test
+from exporters.formats import FORMATS, AndroidTool
+from runtime_harness.parsers import TOOL_PARSERS, ToolTimings
 
 DEFAULT_ABI = "arm64-v8a"
 
@@ -30,61 +29,21 @@ class RunPlan:
     threads: int = 1
 
 
-@dataclass(frozen=True)
-class AndroidTool:
-    fmt: str
-    binary: str
-    how_to_get: str
-    # remote model path, remote result file, plan -> argument list (after the binary)
-    args: Callable[[str, str, RunPlan], list[str]]
-    parse: Callable[[str, str | None], ToolTimings]
-    writes_result_file: bool = False
-    libs: tuple[str, ...] = ()  # shared libraries a dynamically linked build needs next to it (globs)
-
-    def command(self, remote_dir: str, model_name: str, plan: RunPlan) -> str:
-        """The device shell command, run from `remote_dir` (libraries next to the binary)."""
-        model = f"{remote_dir}/{model_name}"
-        argv = [f"./{self.binary}", *self.args(model, self.result_path(remote_dir), plan)]
-        return "LD_LIBRARY_PATH=. " + " ".join(shlex.quote(a) for a in argv)
-
-    def result_path(self, remote_dir: str) -> str:
-        return f"{remote_dir}/{self.binary}.result.txt"
+def tool_command(tool: AndroidTool, remote_dir: str, model_name: str, plan: RunPlan) -> str:
+    """The device shell command, run from `remote_dir` (libraries next to the binary)."""
+    model = f"{remote_dir}/{model_name}"
+    argv = [f"./{tool.binary}", *tool.argv(model, tool.result_path(remote_dir), plan.runs, plan.warmup,
+                                           plan.min_duration_s, plan.threads)]
+    return "LD_LIBRARY_PATH=. " + " ".join(shlex.quote(a) for a in argv)
 
 
-def _litert_args(model: str, _result: str, p: RunPlan) -> list[str]:
-    return [f"--graph={model}", f"--num_threads={p.threads}", f"--num_runs={p.runs}",
-            f"--min_secs={p.min_duration_s:g}", f"--warmup_runs={p.warmup}"]
+def parse_tool_output(tool: AndroidTool, output: str, result_file: str | None) -> ToolTimings:
+    """The tool's timings, by the parser its format descriptor names."""
+    return TOOL_PARSERS[tool.parser](output, result_file)
 
 
-def _ort_args(model: str, result: str, p: RunPlan) -> list[str]:
-    # -I generates inputs from the model's signature (no test-data folder), -m times -r N: N runs;
-    # -x intra-op threads; -s prints min/max/p50/p90/p95/p99; the result file gets one line per
-    # run (the full distribution, pulled back after the run).
-    return ["-e", "cpu", "-I", "-s", "-m", "times", "-r", str(p.runs), "-x", str(p.threads), model, result]
-
-
-def _et_args(model: str, _result: str, p: RunPlan) -> list[str]:
-    # executor_runner has no warm-up or duration knob: runs+1 executions, the first kept apart.
-    return [f"--model_path={model}", f"--num_executions={p.runs + 1}", f"--cpu_threads={p.threads}"]
-
-
-# How each format's official benchmark binary (named by its descriptor in exporters.formats) is
-# obtained, called and parsed.
-_HOW: dict[str, tuple[str, Callable[[str, str, RunPlan], list[str]], Callable[[str, str | None], ToolTimings], dict]] = {
-    "tflite": ("download the prebuilt android_aarch64_benchmark_model from the LiteRT releases "
-               "(https://ai.google.dev/edge/litert/models/measurement) and rename it to benchmark_model",
-               _litert_args, lambda out, _res: parse_benchmark_model(out), {}),
-    "onnx": ("build onnxruntime_perf_test for Android (ORT build.sh --android --android_abi arm64-v8a "
-             "--build_shared_lib; onnxruntime/test/perftest)",
-             _ort_args, parse_ort_perf_test, {"writes_result_file": True, "libs": ("libonnxruntime*.so",)}),
-    "executorch": ("build executor_runner with the Android NDK per the ExecuTorch docs (cmake -DANDROID_ABI=arm64-v8a "
-                   "-DEXECUTORCH_BUILD_XNNPACK=ON, target executor_runner from examples/portable/executor_runner)",
-                   _et_args, lambda out, _res: parse_executor_runner(out), {}),
-}
-TOOLS: dict[str, AndroidTool] = {
-    fmt: AndroidTool(fmt, FORMATS[fmt].android_tool or "", how, args, parse, **extra)
-    for fmt, (how, args, parse, extra) in _HOW.items()
-}
+# Each format's official benchmark binary, from its descriptor (exporters.formats).
+TOOLS: dict[str, AndroidTool] = {f.name: f.android_tool for f in FORMATS.values() if f.android_tool is not None}
 
 
 def tools_dir(abi: str = DEFAULT_ABI) -> Path:

@@ -30,6 +30,14 @@ class BundleTest {
         assertEquals(onnxTrain.sha256, Bundle.folderHash(onnxTrain.files))
     }
 
+    /** RuntimeKind is the app's typed enum of formats; `dcl bundle` writes the Android formats it
+     *  derives from dcl's format descriptors into the manifest: the two must name the same set. */
+    @Test fun runtimeKindsAreTheFormatsDclBundlesForAndroid() {
+        val raw = JSONObject(File(TestBundle.dir(), "manifest.json").readText())
+        val formats = ManifestParser.strings(raw.getJSONObject("extra").getJSONObject("app_bundle").getJSONArray("formats"))
+        assertEquals(formats.toSet(), RuntimeKind.entries.map { it.format }.toSet())
+    }
+
     @Test fun refusesACorruptedArtifact() {
         val copy = TestBundle.copyOf(tmp.root)
         val f = File(copy, "device_step_tflite.tflite")

@@ -25,10 +25,10 @@ import tensorflow as tf
 import torch
 from torch import nn
 
-from dcl_core.bundle import Artifact
+from dcl_core.bundle import Artifact, TensorSpec
 from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
-from exporters.spec import TensorSpec, TrainingSpec
+from exporters.spec import TrainingSpec
 from exporters.tflite.capture import capture
 from exporters.tflite.convert import convert, signature_specs
 from exporters.tflite.grads import LOSSES
