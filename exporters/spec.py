@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dcl_core.bundle import Artifact
 from dcl_core.errors import ExportError
 
 ALL = "*"  # in TrainingSpec.trainable: every parameter of the model
@@ -60,6 +61,18 @@ class TrainingSpec:
         return {name for name, m in model.named_modules()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
                 and f"{name}.weight" in chosen}
+
+    @staticmethod
+    def from_artifact(artifact: Artifact, default_loss: str = "cross_entropy", **fields: object) -> "TrainingSpec":
+        """The training program a bundle's artifact records (trainable set, loss, optimizer), e.g.
+        to run the same step in PyTorch beside the runtime; `fields` sets what the manifest does
+        not record (batch_size, bn)."""
+        if artifact.kind != "training" or not artifact.optimizer:
+            raise ExportError(f"artifact {artifact.name} is not a training artifact with an optimizer")
+        o = artifact.optimizer
+        return TrainingSpec(trainable=list(artifact.trainable), loss=artifact.loss or default_loss,  # type: ignore[arg-type]
+                            lr=o["lr"], momentum=o.get("momentum", 0.0), weight_decay=o.get("weight_decay", 0.0),
+                            **fields)  # type: ignore[arg-type]
 
     def optimizer_record(self) -> dict:
         return {"name": self.optimizer, "lr": self.lr, "momentum": self.momentum,

@@ -45,13 +45,12 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    run, _ = tiny_run_dir(tmp_path_factory)
+def start_service(run, *options: str, stderr=subprocess.PIPE) -> tuple[str, subprocess.Popen]:
+    """`dcl serve coda RUN --port 0 OPTIONS` on 127.0.0.1 in a subprocess: (url, process) once it
+    announces its address. `stderr`: where the service's log goes (a file lets a test read it live)."""
     env = dict(os.environ, DCL_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "serve", "coda", str(run), "--port", "0",
-                             "--max-body-kb", "256", "--duration", "300"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "serve", "coda", str(run), "--port", "0", *options],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     deadline, url = time.time() + 120, None
     while time.time() < deadline and url is None:
         line = proc.stdout.readline()
@@ -61,14 +60,26 @@ def server(tmp_path_factory):
             url = line.split()[3]
     if url is None:
         proc.kill()
-        pytest.fail("the service did not start: " + proc.stderr.read()[-3000:])
-    yield run, url, proc
+        pytest.fail("the service did not start: " + (proc.stderr.read()[-3000:] if proc.stderr else ""))
+    return url, proc
+
+
+def stop_service(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    run, _ = tiny_run_dir(tmp_path_factory)
+    url, proc = start_service(run, "--max-body-kb", "256", "--duration", "300")
+    yield run, url, proc
+    stop_service(proc)
 
 
 class _Sent(Exception):

@@ -1,11 +1,21 @@
 """The cloud side of CoDA without a transport: the global pool, its index, and one handler per
 message (bytes in, bytes out). The pipeline calls it in-process; service.py puts it behind HTTP.
 Both see exactly the bytes a phone would send and receive.
+
+What a request may name is bounded by what the cloud knows (messages.py bounds the rest): a user
+must be one of the fleet's devices (every kept user; each has local data in the pool), weights
+must name parameters of the two programs with their element counts, and at most
+`MAX_METRIC_NAMES` distinct metric names are ever tracked. The state kept per update is O(1): the
+devices' metrics are running totals per name (`Totals`), the users seen a set of known users, and
+returned weights are checked and dropped (this method does not aggregate them). So memory is
+bounded by the fleet and the name bound, however many updates arrive, and the summary is
+O(#metric names) to compute.
 """
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +29,34 @@ from toolkit.methods.coda.matching import AnnIndex, retrieve
 from toolkit.methods.coda.messages import (Ack, AugmentBatch, AugmentRequest, Limits, MessageError, ModelDown,
                                            UpdateUp)
 from toolkit.methods.coda.model import Recommender, SampleClassifier, key_dim, sample_keys
+
+
+MAX_METRIC_NAMES = 64  # distinct metric names the cloud tracks (a device reports a handful)
+
+
+@dataclass
+class Totals:
+    """The devices' metrics as running totals: fixed-size state, O(1) per value, O(#names) to read."""
+
+    max_names: int = MAX_METRIC_NAMES
+    updates: int = 0
+    users: set[int] = field(default_factory=set)  # only known users get here: bounded by the fleet
+    count: Counter = field(default_factory=Counter)
+    total: dict[str, float] = field(default_factory=dict)
+
+    def add(self, user: int, metrics: dict[str, float]) -> None:
+        new = [k for k in metrics if k not in self.total]
+        if len(self.total) + len(new) > self.max_names:
+            raise MessageError(f"update_up.metrics: the cloud tracks at most {self.max_names} metric names "
+                               f"({len(self.total)} so far); {len(new)} new ones are refused")
+        for k, v in metrics.items():
+            self.count[k] += 1
+            self.total[k] = self.total.get(k, 0.0) + v  # |v| <= Limits.max_number: no overflow
+        self.updates += 1
+        self.users.add(user)
+
+    def mean(self) -> dict[str, float]:
+        return {k: self.total[k] / self.count[k] for k in sorted(self.total)}
 
 
 def model_version(model: torch.nn.Module) -> str:
@@ -43,8 +81,16 @@ class Cloud:
     limits: Limits = field(default_factory=Limits)
     max_k: int = 2048
     max_queries: int = 1024
-    updates: list[dict[str, float]] = field(default_factory=list)
+    users: frozenset[int] = frozenset()  # the fleet's devices; empty: every user with samples in the pool
+    totals: Totals = field(default_factory=Totals)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _weights: dict[str, int] = field(default_factory=dict)  # parameter -> element count, both programs
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            self.users = frozenset(np.unique(self.pool_user).tolist())
+        for m in (self.recommender, self.classifier):
+            self._weights |= {k: int(v.numel()) for k, v in m.state_dict().items()}
 
     @staticmethod
     def build(cfg: CoDAConfig, recommender: Recommender, classifier: SampleClassifier, fleet: Fleet) -> "Cloud":
@@ -53,13 +99,19 @@ class Cloud:
         index = AnnIndex(keys, cfg.matching, seed=cfg.seed)
         return Cloud(cfg, recommender, classifier, pool.user.numpy(), pool.item.numpy(),
                      pool.click.numpy().astype(np.uint8), index, model_version(recommender),
-                     max_k=max(cfg.matching.retrieve_max, 1))
+                     max_k=max(cfg.matching.retrieve_max, 1), users=frozenset(fleet.devices))
+
+    def _known(self, user: int, where: str) -> None:
+        if user not in self.users:
+            raise MessageError(f"{where}: user {str(user)[:24]} is not a device of this cloud's fleet "
+                               f"({len(self.users):,} devices)")
 
     # -- handlers (typed)
     def augment(self, req: AugmentRequest) -> AugmentBatch:
         if req.model_version != self.version:
             raise MessageError(f"augment_request made with model {req.model_version!r}, the cloud serves "
                                f"{self.version!r}; fetch the model again (GET /v1/model)")
+        self._known(req.user, "augment_request.user")
         dim = key_dim(self.recommender, self.cfg.matching)
         q = req.vectors
         if q.shape[0] < 1 or q.shape[0] > self.max_queries or q.shape[1] != dim:
@@ -87,17 +139,21 @@ class Cloud:
     def receive(self, up: UpdateUp) -> Ack:
         if up.model_version != self.version:
             raise MessageError(f"update_up for model {up.model_version!r}, the cloud serves {self.version!r}")
-        with self._lock:
-            self.updates.append(dict(up.metrics) | {"user": float(up.user)})
-            return Ack(True, len(self.updates))
+        self._known(up.user, "update_up.user")
+        for name, w in up.weights.items():
+            if self._weights.get(name) != w.size:
+                raise MessageError(f"update_up.weights[{name}]: not a parameter of the served programs, or "
+                                   f"{w.size:,} elements where it has {self._weights.get(name, 0):,}")
+        with self._lock:  # the weights are dropped here: nothing of them is kept
+            self.totals.add(up.user, up.metrics)
+            return Ack(True, self.totals.updates)
 
     def summary(self) -> dict[str, Any]:
+        """O(#metric names): cheap enough to answer on the event loop after any number of updates."""
         with self._lock:
-            ups = list(self.updates)
-        keys = sorted({k for u in ups for k in u if k != "user"})
-        return {"model_version": self.version, "pool": int(len(self.pool_item)), "index": self.index.kind,
-                "updates": len(ups), "users": len({u["user"] for u in ups}),
-                "mean": {k: float(np.mean([u[k] for u in ups if k in u])) for k in keys}}
+            t = self.totals
+            return {"model_version": self.version, "pool": int(len(self.pool_item)), "index": self.index.kind,
+                    "updates": t.updates, "users": len(t.users), "mean": t.mean()}
 
     # -- bytes in, bytes out (what a transport calls)
     def handle_augment(self, body: bytes) -> bytes:

@@ -7,6 +7,13 @@ refused with a line saying so), the body must hold exactly the declared fields w
 every array must have its declared dtype and rank and a data length that matches its shape. A
 message that fails any check raises `MessageError` (one line); nothing is ever evaluated.
 
+Every field is bounded before any work (`Limits`): the message's bytes, map entries, strings (a
+field's length), integers (int64: msgpack also carries uint64, which no field needs), numbers
+(finite, |x| <= max_number, so sums of them never overflow), array rank (<= 4) and each
+dimension and the element count (<= max_array; a shape such as [0, 2**63] is refused before
+numpy sees it). msgpack lists are capped at the longest list a message holds (a shape), since
+the decoder allocates a list as long as its header claims before reading the items.
+
 Messages (schema version 1):
 - coda.augment_request  device -> cloud: request_id, user (the cloud's own id for this device), the
   model_version whose embeddings made the keys, k, vectors float32 (Q, D): a summary of the local
@@ -17,7 +24,7 @@ Messages (schema version 1):
   settings {name: number or string}: the device's hyper-parameters (tau rule, epochs, ...).
 - coda.update_up        device -> cloud: user, model_version, metrics {name: number}, weights
   {parameter: float32 array} (what the device returns; may be empty).
-- coda.ack              cloud -> device: accepted, received (updates the cloud holds).
+- coda.ack              cloud -> device: accepted, received (updates the cloud has accepted so far).
 """
 from __future__ import annotations
 
@@ -43,8 +50,16 @@ class Limits:
     """Bounds on what a decoder accepts (the service's protection against oversized input)."""
 
     max_bytes: int = 8 << 20
-    max_array: int = 1 << 22  # elements per array
+    max_array: int = 1 << 22  # elements per array (and per dimension)
     max_entries: int = 256  # tensors / metrics / settings per map
+    max_string: int = 256  # characters of a string field (request_id, model_version, ...)
+    max_number: float = 1e15  # |metric| (2**63 sums of these stay far below float64's range)
+
+
+MAX_RANK = 4  # the highest rank of any array a message carries
+MAX_LIST = 8  # the longest msgpack list a message holds (an array's shape), with room for a bad rank
+MAX_KEY = 200  # characters of a map key (tensor, metric, setting name)
+INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 # field type tags: "str", "int", "bool", ("array", dtype, rank), "tensors", "programs", "numbers", "settings"
@@ -67,9 +82,8 @@ class Message:
             raise MessageError(f"{cls.SCHEMA}: {len(data):,} bytes exceed the limit of {limits.max_bytes:,}")
         try:
             obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True,
-                                  max_bin_len=limits.max_bytes, max_str_len=1 << 16,
-                                  max_array_len=limits.max_array, max_map_len=max(limits.max_entries, 16),
-                                  max_ext_len=0)
+                                  max_bin_len=limits.max_bytes, max_str_len=max(limits.max_string, MAX_KEY, 1024),
+                                  max_array_len=MAX_LIST, max_map_len=max(limits.max_entries, 16), max_ext_len=0)
         except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError, msgpack.exceptions.StackError,
                 ValueError, TypeError) as e:
             raise MessageError(f"{cls.SCHEMA}: not a msgpack message ({type(e).__name__}: {str(e)[:80]})") from None
@@ -108,10 +122,14 @@ def _decode(value: Any, tp: Any, where: str, limits: Limits) -> Any:
     if tp == "str":
         if not isinstance(value, str):
             raise MessageError(f"{where}: expected a string, got {type(value).__name__}")
+        if len(value) > limits.max_string:
+            raise MessageError(f"{where}: {len(value):,} characters exceed the limit of {limits.max_string}")
         return value
     if tp == "int":
         if not isinstance(value, int) or isinstance(value, bool):
             raise MessageError(f"{where}: expected an integer, got {type(value).__name__}")
+        if not INT64[0] <= value <= INT64[1]:
+            raise MessageError(f"{where}: {str(value)[:24]} is outside the 64-bit signed integer range")
         return value
     if tp == "bool":
         if not isinstance(value, bool):
@@ -128,22 +146,33 @@ def _decode(value: Any, tp: Any, where: str, limits: Limits) -> Any:
     if tp == "numbers":
         out = {}
         for k, v in value.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise MessageError(f"{where}[{k}]: expected a finite number, got {str(v)[:30]!r}")
-            out[_key(k, where)] = float(v)
+            k = _key(k, where)
+            if not _number(v) or abs(v) > limits.max_number:
+                raise MessageError(f"{where}[{k}]: expected a finite number of magnitude <= {limits.max_number:g}, "
+                                   f"got {str(v)[:30]!r}")
+            out[k] = float(v)
         return out
     if tp == "settings":
         for k, v in value.items():
-            if not isinstance(v, (int, float, str)) or isinstance(v, bool):
-                raise MessageError(f"{where}[{k}]: expected a number or a string, got {type(v).__name__}")
-        return {_key(k, where): v for k, v in value.items()}
+            k = _key(k, where)
+            if not (_number(v) or (isinstance(v, str) and len(v) <= limits.max_string)):
+                raise MessageError(f"{where}[{k}]: expected a finite number or a string of at most "
+                                   f"{limits.max_string} characters, got {type(v).__name__}")
+        return dict(value)
     raise AssertionError(tp)
 
 
 def _key(k: Any, where: str) -> str:
-    if not isinstance(k, str) or not 0 < len(k) <= 200:
-        raise MessageError(f"{where}: keys must be non-empty strings")
+    if not isinstance(k, str) or not 0 < len(k) <= MAX_KEY:
+        raise MessageError(f"{where}: keys must be strings of 1..{MAX_KEY} characters")
     return k
+
+
+def _number(v: Any) -> bool:
+    """A finite float, or an int in int64's range (msgpack also decodes uint64)."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, int) and not isinstance(v, bool) and INT64[0] <= v <= INT64[1]
 
 
 def _array(value: Any, dtype: str, rank: int | None, where: str, limits: Limits) -> np.ndarray:
@@ -152,9 +181,13 @@ def _array(value: Any, dtype: str, rank: int | None, where: str, limits: Limits)
     if value["dtype"] != dtype:
         raise MessageError(f"{where}: expected dtype {dtype}, got {str(value['dtype'])[:20]!r}")
     shape = value["shape"]
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or (rank is not None and len(shape) != rank) or len(shape) > 4):
-        raise MessageError(f"{where}: bad shape {str(shape)[:40]} (expected rank {rank if rank is not None else '<= 4'})")
+    # each dimension is bounded before the product, so nothing downstream (numpy) sees a dimension
+    # it cannot hold, and a zero dimension cannot hide a huge one
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK or (rank is not None and len(shape) != rank)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limits.max_array for d in shape)):
+        raise MessageError(f"{where}: bad shape {str(shape)[:40]} (expected rank "
+                           f"{rank if rank is not None else f'<= {MAX_RANK}'}, each dimension in "
+                           f"0..{limits.max_array:,})")
     n = math.prod(shape)
     if n > limits.max_array:
         raise MessageError(f"{where}: {n:,} elements exceed the limit of {limits.max_array:,}")
