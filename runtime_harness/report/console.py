@@ -11,12 +11,11 @@ HEADERS = ["artifact", "format", "kind", "p50 ms", "p90 ms", "p99 ms", "mean ± 
 _IDENTITY = 3  # artifact, format, kind: shown for failed rows too
 
 
-def _row(a: ArtifactResult) -> list[str]:
+def _row(a: ArtifactResult, note: int | None) -> list[str]:
     head = [a.name, format_display(a.format), a.kind]
     if a.error:
-        # The reason fills the first metric column and the rest stay empty, so the row keeps the
-        # table's column count and every later column still lines up under its header.
-        return head + [f"failed: {a.error}"] + [""] * (len(HEADERS) - _IDENTITY - 1)
+        # A short status keeps the p50 column narrow; the reason is printed below the table.
+        return head + [f"failed [{note}]"] + [""] * (len(HEADERS) - _IDENTITY - 1)
     L = a.latency
     latency = ([ms(L.p50_s), ms(L.p90_s), ms(L.p99_s), f"{ms(L.mean_s)} ± {ms(L.std_s, 2)}"] if L
                else ["-"] * 4)
@@ -30,5 +29,8 @@ def console_table(results: ProfileResults) -> str:
     head = f"{d.describe()}  serial {d.serial}"
     if results.partial:
         head += f"\nPARTIAL RESULTS: {results.partial_reason}"
-    table = tabulate([_row(a) for a in results.artifacts], headers=HEADERS, tablefmt="github")
-    return head + "\n\n" + table
+    failed = [a for a in results.artifacts if a.error]
+    notes = {id(a): i for i, a in enumerate(failed, 1)}
+    table = tabulate([_row(a, notes.get(id(a))) for a in results.artifacts], headers=HEADERS, tablefmt="github")
+    reasons = "".join(f"\n[{notes[id(a)]}] {a.name}: {a.error}" for a in failed)
+    return head + "\n\n" + table + ("\n" + reasons if reasons else "")
