@@ -6,18 +6,37 @@ Every user error surfaces as one line on stderr and a non-zero exit code (no tra
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from dcl_core.config import FLOAT32_MAX, SEED_MAX
 from dcl_core.errors import DclError
 from toolkit.methods.registry import method_names
 
 FORCE_HELP = "Replace a previous dcl output of the same kind at --out (never anything dcl did not create)."
-COUNT = click.IntRange(min=1)
-POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan, inf and what float32 cannot hold (the config files'
+    rule, dcl_core.config): nan passes every range comparison, so `--duration nan` would profile
+    forever, and `--lr 1e300` ended in an overflow traceback inside the optimizer."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if not (math.isfinite(out) and abs(out) <= FLOAT32_MAX):
+            self.fail(f"{value!r} is not a finite float32 number (magnitude <= {FLOAT32_MAX:.6g})", param, ctx)
+        return out
+
+
+# counts with the config files' upper bounds (toolkit/methods/*/config.py): past them a run ends in
+# an overflow traceback or never ends
+DEVICES, ROUNDS, EPOCHS, RUNS = (click.IntRange(1, n) for n in (100_000, 10_000, 10_000, 1_000_000))
+POSITIVE = FiniteFloatRange(min=0, min_open=True)
+SEED = click.IntRange(0, SEED_MAX)  # what every seed API dcl uses accepts (dcl_core.config.SEED_MAX)
 
 
 def _emit(obj: Any, as_json: bool, table: str) -> None:
@@ -50,7 +69,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON config file.")
 @click.option("--out", default=None, help="Run directory to write (default: runs/METHOD).")
 @click.option("--quick", is_flag=True, help="Small data, few epochs: a few minutes on 2 cores.")
-@click.option("--seed", type=int, default=None, help="Override the config's seed.")
+@click.option("--seed", type=SEED, default=None, help=f"Override the config's seed (0 to {SEED_MAX}).")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable metrics instead of tables.")
 def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool, seed: int | None, force: bool,
@@ -179,9 +198,9 @@ def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: st
 @click.argument("run_dir")
 @click.option("--runtime", type=click.Choice(_trainable_formats(), case_sensitive=False), required=True,
               help="The runtime whose training artifact the virtual devices step.")
-@click.option("--devices", type=COUNT, default=None, help="Virtual devices (default: the method's).")
-@click.option("--rounds", type=COUNT, default=None, help="Rounds (default: the method's).")
-@click.option("--epochs", type=COUNT, default=None, help="Local epochs per round (default: the run's).")
+@click.option("--devices", type=DEVICES, default=None, help="Virtual devices (default: the method's).")
+@click.option("--rounds", type=ROUNDS, default=None, help="Rounds (default: the method's).")
+@click.option("--epochs", type=EPOCHS, default=None, help="Local epochs per round (default: the run's).")
 @click.option("--noise-floor", is_flag=True,
               help="Also run PyTorch from start weights 1 ulp away: the gap float rounding alone gives.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
@@ -191,15 +210,14 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
     from tabulate import tabulate
 
     from dcl_core.errors import ConfigError
-    from exporters.formats import get_format
     from toolkit.methods.base import FleetOptions
     from toolkit.methods.registry import method_of_run
 
+    fmt = _runtime_here(runtime)
     m = method_of_run(run_dir)
     if noise_floor and not m.simulate_noise_floor:
         raise ConfigError(f"{m.name}'s simulate has no --noise-floor run; drop the flag")
-    rep = m.simulate(Path(run_dir), get_format(runtime), FleetOptions(devices, rounds, epochs, noise_floor),
-                     _log(as_json))
+    rep = m.simulate(Path(run_dir), fmt, FleetOptions(devices, rounds, epochs, noise_floor), _log(as_json))
     _emit(rep.record, as_json, tabulate(rep.rows, headers=rep.columns, tablefmt="github") + f"\n\n{rep.summary}")
 
 
@@ -220,11 +238,11 @@ def serve_cmd(method: str, args: tuple[str, ...]) -> None:
 @cli.command("profile")
 @click.argument("bundle_dir", required=False)
 @click.option("--device", default="host", show_default=True, help="host, or an adb serial (phone or emulator-5554).")
-@click.option("--runs", type=COUNT, default=50, show_default=True, help="Timed runs (at least).")
-@click.option("--duration", type=click.FloatRange(0, 3600), default=1.0, show_default=True,
+@click.option("--runs", type=RUNS, default=50, show_default=True, help="Timed runs (at least).")
+@click.option("--duration", type=FiniteFloatRange(0, 3600), default=1.0, show_default=True,
               help="Minimum timed seconds per artifact.")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--sustained", type=click.FloatRange(0, 24 * 3600), default=0.0,
+@click.option("--sustained", type=FiniteFloatRange(0, 24 * 3600), default=0.0,
               help="Also run each artifact this many seconds and report drift.")
 @click.option("--out", default=None, help="Folder for results.json and report.html (default: BUNDLE_DIR/profile-<device>).")
 @click.option("--html", "html_path", default=None, help="Also copy the HTML report here.")
@@ -259,6 +277,20 @@ def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float,
     if html_path:
         shutil.copyfile(out_dir / "report.html", html_path)
     _emit(res.to_json(), as_json, console_table(res) + f"\n\nresults: {out_dir / 'results.json'}, report: {out_dir / 'report.html'}")
+
+
+def _runtime_here(name: str):
+    """The --runtime of `dcl simulate`, refused up front (one line naming the runtimes that can)
+    when this machine cannot run its training artifacts (Core ML on Linux)."""
+    from dcl_core.errors import ConfigError
+    from exporters.formats import FORMATS, get_format
+
+    fmt = get_format(name)
+    ok, why = fmt.runs_here("training")
+    if not ok:
+        able = [f.name for f in FORMATS.values() if f.runs_here("training")[0]]
+        raise ConfigError(f"--runtime {fmt.name}: {why}; runtimes that can run here: {', '.join(able) or 'none'}")
+    return fmt
 
 
 def _register_commands() -> None:

@@ -3,7 +3,6 @@ sample standard deviation of every result, so a difference can be judged against
 """
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from dcl_core.config import to_dict
 from dcl_core.errors import ConfigError
 from toolkit.methods.registry import method_of_run
 from toolkit.run import RunDir
@@ -69,8 +69,11 @@ def compare_runs(run_dirs: list[str | Path]) -> Comparison:
     if len(set(methods)) > 1:
         pairs = ", ".join(f"{r} ({m})" for r, m in zip(run_dirs, methods))
         raise ConfigError(f"runs of different methods cannot be compared: {pairs}")
-    configs = [RunDir(r).read_json("config.json").get("config", {}) for r in run_dirs]
-    per_run = [_numeric_results(RunDir(r).read_json("metrics.json"), r) for r in run_dirs]
+    # decoded like `dcl eval` decodes them: a string, nan or 1e20 in a record is one line, not a
+    # traceback or a silently skewed mean
+    cls = type(method_of_run(run_dirs[0]).load_config(None, False, None))
+    configs = [to_dict(RunDir(r).read_config(cls)) for r in run_dirs]
+    per_run = [RunDir(r).read_results() for r in run_dirs]
 
     results: dict[str, dict[str, Spread]] = {}
     for name in dict.fromkeys(n for res in per_run for n in res):
@@ -82,15 +85,6 @@ def compare_runs(run_dirs: list[str | Path]) -> Comparison:
     return Comparison(method=methods[0], runs=[str(r) for r in run_dirs],
                       seeds=[c.get("seed") for c in configs], results=results,
                       config_differences=_differences(configs))
-
-
-def _numeric_results(metrics: Any, run: str | Path) -> dict[str, dict[str, float]]:
-    results = metrics.get("results") if isinstance(metrics, dict) else None
-    if not isinstance(results, dict):
-        raise ConfigError(f"{run}/metrics.json has no \"results\" table; re-run `dcl eval {run}` or `dcl train`")
-    return {name: {m: float(v) for m, v in row.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-            for name, row in results.items() if isinstance(row, dict)}
 
 
 def _differences(configs: list[dict[str, Any]]) -> list[str]:

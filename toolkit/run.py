@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -12,9 +12,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dcl_core.errors import CheckpointError
+from dcl_core.config import check_number, from_dict
+from dcl_core.errors import CheckpointError, ConfigError
 from dcl_core.outputs import atomic_output
 from dcl_core.untrusted import check_name
+
+T = TypeVar("T")
+REDO = "the file was changed or damaged: re-run `dcl train` to recreate the run"
 
 
 class RunDir:
@@ -37,6 +41,31 @@ class RunDir:
             return json.loads(p.read_text())
         except ValueError as e:
             raise CheckpointError(f"{p} is corrupt ({e}); re-run `dcl train` to recreate the run") from None
+
+    def read_config(self, cls: type[T]) -> T:
+        """config.json's config, decoded as strictly as a config file (types, ranges, finite)."""
+        record = self.read_json("config.json")
+        config = record.get("config") if isinstance(record, dict) else None
+        where = str(self.path / "config.json")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{where} has no \"config\" table; {REDO}")
+        try:
+            return from_dict(cls, config, f"{where}: config")
+        except ConfigError as e:
+            raise CheckpointError(f"{e}; {REDO}") from None
+
+    def read_results(self) -> dict[str, dict[str, float]]:
+        """metrics.json's results: per result, per metric a score within its range (`score_range`);
+        a string, nan, inf or 1.8e19 where a score belongs is refused with one line."""
+        metrics = self.read_json("metrics.json")
+        results = metrics.get("results") if isinstance(metrics, dict) else None
+        where = f"{self.path / 'metrics.json'}: results"
+        if not isinstance(results, dict):
+            raise CheckpointError(f"{self.path / 'metrics.json'} has no \"results\" table; {REDO}")
+        try:
+            return {name: _scores(row, f"{where}.{name}") for name, row in results.items()}
+        except ConfigError as e:
+            raise CheckpointError(f"{e}; {REDO}") from None
 
     # -- checkpoints
     def checkpoint_path(self, name: str) -> Path:
@@ -98,6 +127,22 @@ def _wrong_shape(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
         if tuple(got[name].shape) != tuple(t.shape):
             return f"tensor {name!r} has shape {tuple(got[name].shape)}, the model expects {tuple(t.shape)}"
     return ""
+
+
+def score_range(metric: str) -> tuple[float, float]:
+    """Every result a method reports is a score: an AUC (its name says so) in [0, 1], any other an
+    accuracy in percent, [0, 100]."""
+    return (0.0, 1.0) if "auc" in metric.lower() else (0.0, 100.0)
+
+
+def _scores(row: Any, where: str) -> dict[str, float]:
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected a table of scores, got {row!r}")
+    out = {}
+    for metric, value in row.items():
+        lo, hi = score_range(metric)
+        out[metric] = float(check_number(value, f"{where}.{metric}", ge=lo, le=hi))
+    return out
 
 
 RUN = "run"  # the output kind of a run directory

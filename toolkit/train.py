@@ -46,8 +46,8 @@ class OptimConfig:
     lr: float = bounded(0.01, gt=0)
     momentum: float = bounded(0.9, ge=0, lt=1)
     weight_decay: float = bounded(5e-4, ge=0)
-    epochs: int = bounded(1, ge=0)  # 0 only where a stage is optional (fine-tuning: off)
-    batch_size: int = bounded(64, ge=1)
+    epochs: int = bounded(1, ge=0, le=10_000)  # 0 only where a stage is optional (fine-tuning: off)
+    batch_size: int = bounded(64, ge=1, le=2**20)
     # constant; cosine (to 0 over all steps); step (x0.1 after half the epochs: the authors'
     # "Adam 1e-3 then 1e-4" for the mimic)
     schedule: Literal["constant", "cosine", "step"] = "constant"
@@ -173,6 +173,8 @@ def fit(objective: nn.Module, data: Batchable, cfg: OptimConfig, seed: int, desc
             opt.step()
             running += loss.item()
             step += 1
+            if not use_ddp and not math.isfinite(running):
+                break  # diverged: no use finishing the epoch (under DDP every rank must reach the all_reduce)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{running / (i + 1):.4f}")
         epoch_loss = torch.tensor(running / max(steps_per_epoch, 1))
@@ -180,8 +182,25 @@ def fit(objective: nn.Module, data: Batchable, cfg: OptimConfig, seed: int, desc
             torch.distributed.all_reduce(epoch_loss)
             epoch_loss /= world
         history.append(epoch_loss.item())
+        check_finite_loss(history[-1], f"{desc} epoch {epoch + 1}/{cfg.epochs}", cfg.lr)
+    check_finite_weights(trainable, desc, cfg.lr)
     objective.eval()
     return history
+
+
+def check_finite_loss(loss: float, where: str, lr: float) -> None:
+    """Stop a diverged training loop with one line: nan or inf never reaches a run's metrics (where
+    it read as a bad but valid result) and the caller's atomic output leaves nothing behind."""
+    if not math.isfinite(loss):
+        raise ConfigError(f"training diverged: the loss became {loss} in {where}; "
+                          f"lower its learning rate (now {lr:g}; a huge weight_decay or temperature diverges too) "
+                          "and train again; nothing was written")
+
+
+def check_finite_weights(params: Iterable[torch.Tensor], where: str, lr: float) -> None:
+    """The same stop for weights: a last step can leave nan or inf weights behind a finite loss."""
+    if not all(torch.isfinite(p).all() for p in params):
+        check_finite_loss(float("nan"), f"{where} (the weights after its last step)", lr)
 
 
 @torch.no_grad()

@@ -18,6 +18,9 @@ from runtime_harness.report.html import html_report
 
 FORMAT_VERSION = 1
 MAX_STORED_SAMPLES = 5000  # statistics use every run; results.json keeps at most this many for plots
+# A week: longer than any timed call or run `dcl profile` makes (--sustained stops at a day), so a
+# larger duration read back is damage (1.8e19 s), not a measurement.
+MAX_SECONDS = 7 * 24 * 3600.0
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 
@@ -140,12 +143,34 @@ def load_results(path: str | Path) -> ProfileResults:
         raise DclError(f"{p} does not exist; pass a {RESULTS_FILE} written by `dcl profile`")
     try:
         raw = json.loads(p.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"it holds a JSON {type(raw).__name__}, not an object")
         if raw.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"format_version {raw.get('format_version')!r}, this dcl reads {FORMAT_VERSION}")
-        return from_dict(ProfileResults, raw, where=p.name)
+        results = from_dict(ProfileResults, raw, where=p.name)
+        _check_quantities(results, p.name)
+        return results
     except Exception as e:  # noqa: BLE001 - any parse problem is the same user error
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DclError(f"{p} is not a readable dcl {RESULTS_FILE} ({msg}); re-run `dcl profile`") from None
+
+
+def _check_quantities(obj: Any, where: str, seconds: bool = False) -> None:
+    """Every number in a results.json is a duration, a count, a size or a ratio: >= 0 (and finite,
+    the decoder's rule), and a duration (a field named *_s) at most MAX_SECONDS. A Measurement
+    checks its own value (an energy net of idle power may be negative)."""
+    from dcl_core.config import check_number
+
+    if isinstance(obj, Measurement):
+        return
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            _check_quantities(getattr(obj, f.name), f"{where}.{f.name}", f.name.endswith("_s"))
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            _check_quantities(item, f"{where}[{i}]", seconds)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        check_number(obj, where, ge=0, le=MAX_SECONDS if seconds else None)
 
 
 PROFILE = "profile"  # the output kind of a profile folder

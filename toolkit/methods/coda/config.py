@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dcl_core.config import bounded
+from dcl_core.config import bounded, seed_field
 from dcl_core.config import load_config as load_method_config
 from dcl_core.errors import ConfigError
 from toolkit.train import OptimConfig
@@ -18,21 +18,24 @@ from toolkit.train import OptimConfig
 class DataConfig:
     """MovieLens-100K as a fleet: every user is a device (data.py)."""
 
-    click_threshold: float = bounded(4.0, gt=0)  # click = rating >= this
-    min_interactions: int = bounded(20, ge=5)  # users with fewer are left out (ML-100K: none)
+    # click = rating >= this; ratings are 1-5, so above 5 nothing is a click and every AUC is nan
+    click_threshold: float = bounded(4.0, gt=0, le=5)
+    # upper bounds here and below: far past any sensible run, short of an allocation that fails
+    # (or a loop that never ends) after the data has loaded
+    min_interactions: int = bounded(20, ge=5, le=100_000)  # users with fewer are left out (ML-100K: none)
     local_fraction: float = bounded(0.8, gt=0, lt=1)  # per user, by time: first part local, rest test
     val_fraction: float = bounded(0.2, gt=0, lt=1)  # seeded share of users that choose defaults
     # which users' later interactions the metrics report on ("val": for choosing defaults)
     eval_split: Literal["test", "val"] = "test"
-    eval_users: int = bounded(0, ge=0)  # 0: every user of eval_split; else a seeded sample of that many
+    eval_users: int = bounded(0, ge=0, le=10_000_000)  # 0: every user of eval_split; else a seeded sample of that many
 
 
 @dataclass
 class ModelConfig:
     """The CTR recommender: user/item embeddings + constant side features -> MLP -> click logit."""
 
-    dim: int = bounded(16, ge=1)  # embedding width of users and items
-    hidden: list[int] = field(default_factory=lambda: [64, 32], metadata={"bounds": {"ge": 1}})
+    dim: int = bounded(16, ge=1, le=8192)  # embedding width of users and items
+    hidden: list[int] = field(default_factory=lambda: [64, 32], metadata={"bounds": {"ge": 1, "le": 8192}})
 
 
 @dataclass
@@ -42,8 +45,8 @@ class DeviceOptim:
 
     lr: float = bounded(0.05, gt=0)
     momentum: float = bounded(0.9, ge=0, lt=1)
-    epochs: int = bounded(5, ge=1)
-    batch_size: int = bounded(16, ge=1)
+    epochs: int = bounded(5, ge=1, le=10_000)
+    batch_size: int = bounded(16, ge=1, le=2**20)
 
 
 @dataclass
@@ -51,11 +54,11 @@ class MatchingConfig:
     """Cloud, coarse matching: an approximate nearest-neighbour index over sample embeddings."""
 
     index: Literal["hnsw", "ivf", "flat"] = "hnsw"  # flat: exact search (for checks)
-    hnsw_m: int = bounded(16, ge=4)
-    ef_construction: int = bounded(40, ge=8)
-    ef_search: int = bounded(64, ge=8)  # raised to k when a search asks for more
-    ivf_lists: int = bounded(0, ge=0)  # 0: 4 * sqrt(pool size)
-    nprobe: int = bounded(16, ge=1)
+    hnsw_m: int = bounded(16, ge=4, le=1024)
+    ef_construction: int = bounded(40, ge=8, le=100_000)
+    ef_search: int = bounded(64, ge=8, le=100_000)  # raised to k when a search asks for more
+    ivf_lists: int = bounded(0, ge=0, le=1_000_000)  # 0: 4 * sqrt(pool size)
+    nprobe: int = bounded(16, ge=1, le=1_000_000)
     # what a sample's key is: "hidden" = the cloud recommender's last hidden layer for (user,
     # item), "item" = the item's embedding and side features (ignores who the sample is from),
     # "user" = the sample's user embedding and side features (samples of similar users)
@@ -65,19 +68,19 @@ class MatchingConfig:
     label_weight: float = bounded(0.5, ge=0)
     # K, the augmentation batch size: ratio x local samples, clamped to [retrieve_min, retrieve_max]
     retrieve_ratio: float = bounded(2.0, gt=0)
-    retrieve_min: int = bounded(16, ge=1)
-    retrieve_max: int = bounded(512, ge=1)
+    retrieve_min: int = bounded(16, ge=1, le=1_000_000)
+    retrieve_max: int = bounded(512, ge=1, le=1_000_000)
     # the request's summary: every local sample's key, or k-means centroids when there are more
-    max_queries: int = bounded(64, ge=1)
-    kmeans_iters: int = bounded(10, ge=1)
-    threads: int = bounded(1, ge=1)  # faiss threads for building and searching (1: deterministic)
+    max_queries: int = bounded(64, ge=1, le=1_000_000)
+    kmeans_iters: int = bounded(10, ge=1, le=10_000)
+    threads: int = bounded(1, ge=1, le=1024)  # faiss threads for building and searching (1: deterministic)
 
 
 @dataclass
 class FilterConfig:
     """Device, fine filtering: the personalized sample classifier and the keep rule (filtering.py)."""
 
-    hidden: int = bounded(16, ge=1)
+    hidden: int = bounded(16, ge=1, le=8192)
     # tau: "local_quantile" = the q-quantile of the classifier's P(local) over the device's own
     # samples (keep a retrieved sample that looks at least as local as the q-th least local
     # local sample); "fixed" = tau_fixed
@@ -89,8 +92,8 @@ class FilterConfig:
 
 @dataclass
 class CoDAConfig:
-    seed: int = 0
-    threads: int = bounded(0, ge=0)  # 0: PyTorch's default
+    seed: int = seed_field()
+    threads: int = bounded(0, ge=0, le=1024)  # 0: PyTorch's default
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cloud: OptimConfig = field(default_factory=lambda: OptimConfig(

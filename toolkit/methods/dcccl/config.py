@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dcl_core.config import bounded
+from dcl_core.config import bounded, seed_field
 from dcl_core.config import load_config as load_method_config
 from dcl_core.errors import ConfigError
 from toolkit.methods.dcccl.scenario import ScenarioConfig
@@ -18,9 +18,11 @@ class ModelChoice:
     """A registry model (toolkit.models): name plus the keyword arguments it takes."""
 
     name: str = "mobilecnn_xs"
-    widths: list[int] | None = bounded(None, ge=1)
+    # upper bounds here and below: far past any sensible run, short of an allocation that fails
+    # (or a loop that never ends) after the data has loaded; 8192 channels is 3x EfficientNet-B7's widest
+    widths: list[int] | None = bounded(None, ge=1, le=8192)
     se: bool = False
-    image_size: int = bounded(64, ge=32)  # efficientnet_lite0 only
+    image_size: int = bounded(64, ge=32, le=1024)  # efficientnet_lite0 only
     pretrained: bool = True  # efficientnet_lite0 only
 
     def kwargs(self) -> dict[str, Any]:
@@ -36,7 +38,7 @@ class ModelChoice:
 class SplitConfig:
     """Vertical split: one base CNN whose every layer is split cloud:device = ratio:1."""
 
-    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 256], metadata={"bounds": {"ge": 2}})
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 256], metadata={"bounds": {"ge": 2, "le": 8192}})
     ratio: float = bounded(7.0, gt=0)
     se: bool = False
 
@@ -51,8 +53,8 @@ class MimicConfig:
 
 @dataclass
 class DCCCLConfig:
-    seed: int = 0
-    threads: int = bounded(0, ge=0)  # 0: PyTorch's default
+    seed: int = seed_field()
+    threads: int = bounded(0, ge=0, le=1024)  # 0: PyTorch's default
     # "split": f_c and f_d are the two branches of one channel-split CNN;
     # "hetero": f_c is any registry model (e.g. the pre-trained EfficientNet-Lite0), f_d another.
     mode: Literal["split", "hetero"] = "split"
@@ -69,14 +71,14 @@ class DCCCLConfig:
     mimic: MimicConfig = field(default_factory=MimicConfig)
     device: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=2, batch_size=32))
-    rounds: int = bounded(10, ge=1)
+    rounds: int = bounded(10, ge=1, le=10_000)
     # Step 4 options: the cloud trains its own copy of f_d on cloud data (controlled by the true
     # f_c) and merges it 0.5/0.5 with the devices' average, then fine-tunes f_d's last layer.
     cloud_copy_merge: bool = False
-    cloud_copy_samples: int = bounded(5000, ge=1)
+    cloud_copy_samples: int = bounded(5000, ge=1, le=10**8)
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, epochs=0, batch_size=128))
-    finetune_samples: int = bounded(5000, ge=1)
+    finetune_samples: int = bounded(5000, ge=1, le=10**8)
 
     def check(self, where: str) -> "DCCCLConfig":
         """Rules across fields: stages that must train do (0 epochs is allowed only for the

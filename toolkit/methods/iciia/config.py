@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dcl_core.config import bounded
+from dcl_core.config import bounded, seed_field
 from dcl_core.config import load_config as load_method_config
 from dcl_core.errors import ConfigError
 from toolkit.train import OptimConfig
@@ -19,8 +19,10 @@ class BackboneConfig:
     on its cached features (`frozen = true`, e.g. EfficientNet-Lite0)."""
 
     name: str = "mobilecnn"
-    widths: list[int] | None = bounded(None, ge=1)  # mobilecnn*: stem + stage widths
-    image_size: int = bounded(64, ge=32)  # efficientnet_lite0 only
+    # upper bounds here and below: far past any sensible run, short of an allocation that fails
+    # (or a loop that never ends) after the data has loaded
+    widths: list[int] | None = bounded(None, ge=1, le=8192)  # mobilecnn*: stem + stage widths
+    image_size: int = bounded(64, ge=32, le=1024)  # efficientnet_lite0 only
     pretrained: bool = True  # efficientnet_lite0 only (packaged ImageNet weights, offline)
     frozen: bool = False
     train: OptimConfig = field(default_factory=lambda: OptimConfig(
@@ -36,10 +38,10 @@ class BackboneConfig:
 class ClientsConfig:
     """Seeded clients over the 20-class pool (Fashion-MNIST 0-9 + MNIST digits 10-19), see clients.py."""
 
-    train_clients: int = bounded(120, ge=1)
-    val_clients: int = bounded(40, ge=1)
-    test_clients: int = bounded(100, ge=1)
-    images_per_client: int = bounded(200, ge=2)
+    train_clients: int = bounded(120, ge=1, le=100_000)
+    val_clients: int = bounded(40, ge=1, le=100_000)
+    test_clients: int = bounded(100, ge=1, le=100_000)
+    images_per_client: int = bounded(200, ge=2, le=1_000_000)
     min_classes: int = bounded(2, ge=1, le=20)
     max_classes: int = bounded(4, ge=1, le=20)
     val_fraction: float = bounded(0.1, gt=0, lt=1)  # of every class's images
@@ -50,25 +52,25 @@ class ClientsConfig:
 class AttentionConfig:
     """The ICIIA module and its training (once, on the cloud, on cached backbone features)."""
 
-    layers: int = bounded(1, ge=1)
-    heads: int = bounded(4, ge=1)
+    layers: int = bounded(1, ge=1, le=64)
+    heads: int = bounded(4, ge=1, le=1024)
     dropout: float = bounded(0.1, ge=0, lt=1)
-    history: int = bounded(15, ge=1)  # B - 1 cached features; B = history + 1 tokens
+    history: int = bounded(15, ge=1, le=4096)  # B - 1 cached features; B = history + 1 tokens
     # P of ICIIA-T (the `iciia_t` result, its no-shuffle ablation and the exported program); 4 was
     # chosen on the validation clients of the quick run (D = 128: P = 16 leaves 8x8 blocks, which
     # SGD at lr 0.01 had not trained within 40 epochs: val 89.2% vs 91.7% for P = 4)
-    partitions: int = bounded(4, ge=1)
-    sweep: list[int] = field(default_factory=lambda: [8, 16], metadata={"bounds": {"ge": 1}})  # more ICIIA-T P
-    sets_per_batch: int = bounded(4, ge=1)  # sets of B images per batch, all from one client
+    partitions: int = bounded(4, ge=1, le=4096)
+    sweep: list[int] = field(default_factory=lambda: [8, 16], metadata={"bounds": {"ge": 1, "le": 4096}})  # more ICIIA-T P
+    sets_per_batch: int = bounded(4, ge=1, le=4096)  # sets of B images per batch, all from one client
     partial_history: float = bounded(0.25, ge=0, le=1)  # share of training sets with a partly filled history
     optimizer: Literal["sgd", "adam"] = "sgd"  # the paper's: SGD
     lr: float = bounded(0.01, gt=0)  # constant
     momentum: float = bounded(0.9, ge=0, lt=1)
     weight_decay: float = bounded(0.0, ge=0)
     grad_clip: float = bounded(5.0, ge=0)
-    max_epochs: int = bounded(60, ge=1)
-    patience: int = bounded(10, ge=1)  # early stop: epochs without a better validation accuracy
-    threads: int = bounded(1, ge=0)  # torch threads while training the module (0: leave as is)
+    max_epochs: int = bounded(60, ge=1, le=10_000)
+    patience: int = bounded(10, ge=1, le=10_000)  # early stop: epochs without a better validation accuracy
+    threads: int = bounded(1, ge=0, le=1024)  # torch threads while training the module (0: leave as is)
 
     def optim(self) -> OptimConfig:
         """One epoch of `fit`, whose batches are (1 item =) one client's sets."""
@@ -82,8 +84,8 @@ class FinetuneConfig:
     client's stream (full-batch SGD, `steps` steps), evaluated on the rest of its stream. The
     exported `head_finetune` program is one such step (batch = `shots`)."""
 
-    shots: int = bounded(20, ge=1)
-    steps: int = bounded(30, ge=1)
+    shots: int = bounded(20, ge=1, le=1_000_000)
+    steps: int = bounded(30, ge=1, le=1_000_000)
     lr: float = bounded(0.05, gt=0)
     momentum: float = bounded(0.9, ge=0, lt=1)
     weight_decay: float = bounded(0.0, ge=0)
@@ -91,8 +93,8 @@ class FinetuneConfig:
 
 @dataclass
 class ICIIAConfig:
-    seed: int = 0
-    threads: int = bounded(0, ge=0)  # 0: PyTorch's default
+    seed: int = seed_field()
+    threads: int = bounded(0, ge=0, le=1024)  # 0: PyTorch's default
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)

@@ -50,7 +50,7 @@ from toolkit.methods.iciia.module import (
 )
 from toolkit.models import count_params, create_model
 from toolkit.run import RunDir, atomic_run_dir
-from toolkit.train import Supervised, fit, frozen
+from toolkit.train import Supervised, check_finite_loss, check_finite_weights, fit, frozen
 
 METHOD = "iciia"
 MAIN = "iciia_t"  # the variant the bundle exports
@@ -139,11 +139,13 @@ def finetune_heads(head: nn.Linear, inputs: list[torch.Tensor], labels: list[tor
             p.requires_grad_(True)
         opt = torch.optim.SGD(h.parameters(), lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
         xs, ys = x[:ft.shots].detach(), y[:ft.shots]
-        for _ in range(ft.steps):
+        for step in range(ft.steps):
             loss = F.cross_entropy(h(xs), ys)
+            check_finite_loss(loss.item(), f"per-client fine-tuning (finetune) step {step + 1}/{ft.steps}", ft.lr)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        check_finite_weights(h.parameters(), "per-client fine-tuning (finetune)", ft.lr)
         with torch.no_grad():
             out.append(h(x[ft.shots:]))
     return out
