@@ -13,7 +13,7 @@ from conftest import run_dcl
 from toolkit.methods.iciia.clients import build_clients
 from toolkit.methods.iciia.config import ClientsConfig, load_config
 from toolkit.methods.iciia.features import ClientSets, RingBuffer, SetLoss, stream_sets
-from toolkit.methods.iciia.module import (
+from toolkit.methods.iciia.model import (
     ICIIA,
     FeatureExtractor,
     PartitionedLinear,

@@ -58,6 +58,12 @@ def progress_enabled() -> bool:
     return context().is_main and os.environ.get("DCL_NO_PROGRESS", "") not in ("1", "true")
 
 
+def stage_log(message: str) -> None:
+    """One line per stage on stderr, shown when progress is (the main process, not silenced)."""
+    if progress_enabled():
+        print(message, file=sys.stderr, flush=True)
+
+
 def progress(iterable: Iterable, desc: str, total: int | None = None, leave: bool = False):
     return tqdm(iterable, desc=desc, total=total, leave=leave, disable=not progress_enabled(),
                 file=sys.stderr, dynamic_ncols=True)
