@@ -52,7 +52,7 @@ from runtime_harness import metrics  # noqa: E402
 from toolkit.data.sources import load_foolbox_images  # noqa: E402
 from toolkit.methods.iciia.config import load_config  # noqa: E402
 from toolkit.methods.iciia.export import BACKBONE, CLASSIFIER, INPUT_NAMES, OUTPUT_NAMES  # noqa: E402
-from toolkit.methods.iciia.module import (  # noqa: E402
+from toolkit.methods.iciia.model import (  # noqa: E402
     BackboneProgram,
     FeatureExtractor,
     StreamingClassifier,

@@ -17,7 +17,6 @@ import copy
 import os
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path

@@ -30,7 +30,7 @@ from exporters.runner import open_inference, open_training  # noqa: E402
 from runtime_harness import metrics  # noqa: E402
 from toolkit.methods.dcccl.config import load_config  # noqa: E402
 from toolkit.methods.dcccl.export import training_spec  # noqa: E402
-from toolkit.methods.dcccl.models import build_models, device_program  # noqa: E402
+from toolkit.methods.dcccl.model import build_models, device_program  # noqa: E402
 from toolkit.models.examples import Example, embedding_mlp, fused_cnn  # noqa: E402
 
 FORMATS = ["executorch", "onnx", "tflite"]

@@ -27,7 +27,8 @@ from exporters.spec import TrainingSpec
 from exporters.targets import get_target
 from runtime_harness import metrics
 from runtime_harness.devices.host import host_info, peak_rss_of_artifact
-from runtime_harness.report.results import PROFILE, ArtifactResult, ProfileResults, write_outputs
+from runtime_harness.report.results import ArtifactResult, ProfileResults
+from runtime_harness.report.write import PROFILE, write_outputs
 
 DTYPES = {"float32": np.float32, "int64": np.int64, "int32": np.int32}
 EAGER = "pytorch eager"

@@ -10,8 +10,8 @@ import pytest
 
 from dcl_core.errors import ConfigError, DclError
 from exporters.formats import FORMATS, get_format
-from toolkit.methods.base import Method
-from toolkit.methods.registry import METHODS, get_method, method_of_run
+from toolkit.plugin import Method
+from toolkit.registry import METHODS, get_method, method_of_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dcl_core", "exporters", "runtime_harness", "toolkit")
@@ -39,8 +39,31 @@ def test_lint_imports_catches_a_back_edge(tmp_path):
     assert proc.returncode != 0 and "BROKEN" in proc.stdout.upper(), proc.stdout[-2000:]
 
 
+def test_the_method_contract_covers_every_shared_toolkit_module():
+    """A new shared module of toolkit/ must join the contract that keeps methods behind the registry."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    sources = next(c["source_modules"] for c in contracts if c["type"] == "forbidden"
+                   and c["forbidden_modules"] == ["toolkit.methods"])
+    shared = {f"toolkit.{p.stem}" for p in (ROOT / "toolkit").iterdir()
+              if (p.suffix == ".py" and p.stem not in ("__init__", "__main__"))
+              or (p.is_dir() and (p / "__init__.py").is_file() and p.name != "methods")}
+    assert shared == set(sources)
+
+
+def test_every_method_folder_has_the_plugin_skeleton():
+    """The same role has the same file name in every method: a new method copies this skeleton."""
+    skeleton = {"__init__.py", "config.py", "model.py", "pipeline.py", "export.py", "simulate.py", "report.py",
+                "plugin.py"}
+    for name in METHODS:
+        files = {p.name for p in (ROOT / "toolkit" / "methods" / name).glob("*.py")}
+        assert skeleton <= files, f"toolkit/methods/{name} lacks {sorted(skeleton - files)}"
+        assert METHODS[name] == f"toolkit.methods.{name}.plugin:{METHODS[name].rsplit(':', 1)[1]}"
+
+
 def test_methods_are_named_only_in_their_folder_and_the_registry():
-    registry = ROOT / "toolkit" / "methods" / "registry.py"
+    registry = ROOT / "toolkit" / "registry.py"
     for name in METHODS:
         word = re.compile(rf"\b{name}\b")
         offenders = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")

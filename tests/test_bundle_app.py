@@ -117,6 +117,7 @@ def test_bundle_samples_folder_is_used_when_present(bundle, tmp_path, capsys):
     # a samples file without the target is one line
     np.savez(src / "samples" / "device_step.npz", x=x)
     rc, _, err = dcl("bundle", str(src), "--app", str(app), "--force", capsys=capsys)
+    assert rc == 2
     one_line(err, "device_step.npz", "'y'")
 
 
@@ -157,8 +158,10 @@ def test_a_folder_dcl_did_not_make_is_never_replaced(bundle, tmp_path, capsys):
 
 def test_not_an_app_and_not_a_bundle_are_one_line(bundle, tmp_path, capsys):
     rc, _, err = dcl("bundle", str(bundle[0]), "--app", str(tmp_path), capsys=capsys)
+    assert rc == 2
     one_line(err, "not a dcl demo app")
     rc, _, err = dcl("bundle", str(tmp_path), "--app", str(_android(tmp_path)), capsys=capsys)
+    assert rc == 2
     one_line(err, "manifest.json", "missing")
 
 

@@ -26,7 +26,7 @@ MSGPACK = {"Content-Type": "application/msgpack"}
 LAUNCHER = '''
 import sys, click
 from toolkit.cli import cli, main
-from toolkit.methods.registry import method_names
+from toolkit.registry import method_names
 
 @cli.command("serve", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("method", type=click.Choice(method_names()), metavar="METHOD")
@@ -34,7 +34,7 @@ from toolkit.methods.registry import method_names
 def serve_cmd(method, args):
     """Serve METHOD's cloud side over HTTP (`dcl serve METHOD --help` for its options)."""
     from dcl_core.errors import ConfigError
-    from toolkit.methods.registry import get_method
+    from toolkit.registry import get_method
 
     command = getattr(get_method(method), "serve_command", None)
     if command is None:

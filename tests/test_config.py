@@ -3,7 +3,7 @@ from conftest import assert_one_line_error, run_dcl
 
 from dcl_core.config import to_dict
 from dcl_core.errors import ConfigError
-from toolkit.methods.dcccl import load_config
+from toolkit.methods.dcccl.config import load_config
 from toolkit.methods.dcccl.config import QUICK
 
 

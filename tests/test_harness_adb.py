@@ -17,7 +17,8 @@ from exporters.targets import get_target
 from runtime_harness.devices.adb import AdbDevice
 from runtime_harness.devices.tools import RunPlan, find_tool, tool_for, tools_dir
 from runtime_harness.parsers import parse_benchmark_model, parse_wrapper_output, proc_stat_cpu_s, vm_hwm_bytes
-from runtime_harness.report.results import ArtifactResult, ProfileResults, load_results, write_outputs
+from runtime_harness.report.results import ArtifactResult, ProfileResults, load_results
+from runtime_harness.report.write import write_outputs
 
 FAKE = Path(__file__).parent / "fake_adb.py"
 PIXEL = "37211FDJH000BC"

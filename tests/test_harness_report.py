@@ -17,7 +17,8 @@ from runtime_harness.metrics import LatencyStats, Measurement, drift_from_sample
 from runtime_harness.report.compare import compare_rows, compare_table
 from runtime_harness.report.console import console_table
 from runtime_harness.report.html import html_report, plots
-from runtime_harness.report.results import ArtifactResult, ProfileResults, load_results, write_outputs
+from runtime_harness.report.results import ArtifactResult, ProfileResults, load_results
+from runtime_harness.report.write import write_outputs
 
 
 def _samples(center: float, n: int, spread: float, seed: int) -> list[float]:

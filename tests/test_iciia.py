@@ -13,7 +13,7 @@ from conftest import run_dcl
 from toolkit.methods.iciia.clients import build_clients
 from toolkit.methods.iciia.config import ClientsConfig, load_config
 from toolkit.methods.iciia.features import ClientSets, RingBuffer, SetLoss, stream_sets
-from toolkit.methods.iciia.module import (
+from toolkit.methods.iciia.model import (
     ICIIA,
     FeatureExtractor,
     PartitionedLinear,
@@ -304,7 +304,13 @@ def test_export_bundle_has_three_programs_and_weights_come_back(tiny_iciia, tmp_
     np.savez(weights, **runner.get_weights())
     proc = run_dcl("import-weights", str(out), str(weights), "--program", "head_finetune", "--name", "head_c1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (out / "checkpoints" / "head_c1.safetensors").is_file()
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(out / "checkpoints" / "head_c1.safetensors"))
+    returned = {k if k.startswith("head.") else f"head.{k}": v for k, v in runner.get_weights().items()}
+    assert set(saved) == set(returned)
+    for k, v in returned.items():  # the values the runtime trained, not just a file
+        np.testing.assert_array_equal(saved[k], v)
 
 
 def test_simulate_streams_test_clients_through_the_runtime(tiny_iciia):

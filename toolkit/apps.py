@@ -32,7 +32,7 @@ from typing import Any
 import click
 import numpy as np
 
-from dcl_core.bundle import Artifact, Manifest, Program, load_manifest, sha256_file
+from dcl_core.bundle import Manifest, Program, load_manifest, sha256_file
 from dcl_core.errors import BundleError, OutputError
 from dcl_core.outputs import atomic_output
 from dcl_core.untrusted import inside, plain_file

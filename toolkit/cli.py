@@ -15,7 +15,7 @@ import click
 
 from dcl_core.config import FLOAT32_MAX, SEED_MAX
 from dcl_core.errors import DclError
-from toolkit.methods.registry import method_names
+from toolkit.registry import method_names
 
 FORCE_HELP = "Replace a previous dcl output of the same kind at --out (never anything dcl did not create)."
 
@@ -77,7 +77,7 @@ def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool
     """Train METHOD on the cloud and write a run directory."""
     from dcl_core.outputs import check_destination
     from toolkit.distributed import context
-    from toolkit.methods.registry import get_method
+    from toolkit.registry import get_method
     from toolkit.run import RUN
 
     m = get_method(method)
@@ -95,7 +95,7 @@ def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable metrics instead of tables.")
 def eval_cmd(run_dir: str, as_json: bool) -> None:
     """Re-evaluate a run directory from its checkpoints and print the table."""
-    from toolkit.methods.registry import method_of_run
+    from toolkit.registry import method_of_run
 
     m = method_of_run(run_dir)
     metrics = m.evaluate(Path(run_dir))
@@ -168,8 +168,8 @@ def export_cmd(run_dir: str | None, model_ref: str | None, target: str, formats:
         programs, method, extra = load_programs(model_ref), "custom", {"model": model_ref}
         log(f"exporting {model_ref} for {t.key} ({', '.join(fmts)}) -> {out}")
     else:
-        from toolkit.methods.base import ExportOptions
-        from toolkit.methods.registry import method_of_run
+        from toolkit.plugin import ExportOptions
+        from toolkit.registry import method_of_run
 
         m = method_of_run(run_dir)
         log(f"exporting {run_dir} ({m.name}) for {t.key} ({', '.join(fmts)}) -> {out}")
@@ -188,7 +188,7 @@ def export_cmd(run_dir: str | None, model_ref: str | None, target: str, formats:
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint of that name.")
 def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: str | None, force: bool) -> None:
     """Load weights returned by a device runtime (.safetensors/.npz) into a run's checkpoints."""
-    from toolkit.methods.registry import method_of_run
+    from toolkit.registry import method_of_run
 
     info = method_of_run(run_dir).import_weights(Path(run_dir), Path(weights), program, name, force)
     click.echo(f"imported {info['imported']} tensors into {info['checkpoint']}")
@@ -210,8 +210,8 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
     from tabulate import tabulate
 
     from dcl_core.errors import ConfigError
-    from toolkit.methods.base import FleetOptions
-    from toolkit.methods.registry import method_of_run
+    from toolkit.plugin import FleetOptions
+    from toolkit.registry import method_of_run
 
     fmt = _runtime_here(runtime)
     m = method_of_run(run_dir)
@@ -227,7 +227,7 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
 def serve_cmd(method: str, args: tuple[str, ...]) -> None:
     """Serve METHOD's cloud side over HTTP (`dcl serve METHOD --help` for its options)."""
     from dcl_core.errors import ConfigError
-    from toolkit.methods.registry import get_method
+    from toolkit.registry import get_method
 
     command = get_method(method).serve_command
     if command is None:
@@ -317,7 +317,7 @@ def _check_file_output(path: Path, force: bool) -> None:
 
 def _baselines(manifest) -> dict:
     """PyTorch eager programs of the run a bundle was exported from, when that run is still here."""
-    from toolkit.methods.registry import method_of_run
+    from toolkit.registry import method_of_run
 
     run_dir = manifest.extra.get("run_dir")
     if not run_dir or not (Path(run_dir) / "config.json").is_file():

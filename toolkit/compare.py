@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 from dcl_core.config import to_dict
 from dcl_core.errors import ConfigError
-from toolkit.methods.registry import method_of_run
+from toolkit.registry import method_of_run
 from toolkit.run import RunDir
 
 # config keys expected to differ between the runs being compared

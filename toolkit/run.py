@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -178,3 +178,32 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"weights file {p}: tensor {name!r} has NaN or Inf values; the device's training "
                                   "diverged (lower its learning rate), nothing was imported")
     return weights
+
+
+def open_run(path: str | Path, method: str, config_cls: type[T]) -> tuple[T, RunDir]:
+    """A run directory of `method` and its config (decoded strictly by `RunDir.read_config`); every
+    method's `load_run` starts here."""
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise CheckpointError(f"run directory {run.path} does not exist; run `dcl train {method} --out {run.path}` first")
+    return run.read_config(config_cls), run
+
+
+def weights_for(module: nn.Module, got: dict[str, torch.Tensor], source: str, what: str,
+                required: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """`module`'s state with the device's weights `got` in place, after the checks every import
+    needs: no name the module lacks (a file from another run), no required name missing (by
+    default every parameter), every shape the module's. One line naming the tensor otherwise."""
+    state = module.state_dict()
+    unknown = sorted(set(got) - set(state))
+    if unknown:
+        raise CheckpointError(f"weights file has {unknown[0]!r}, which {what} of {source} does not have; "
+                              "was it exported from this run?")
+    needed = set(dict(module.named_parameters()) if required is None else required)
+    missing = sorted(needed - set(got))
+    if missing:
+        raise CheckpointError(f"weights file lacks {missing[0]!r}; pass the full get_weights() output")
+    for k, v in got.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            raise CheckpointError(f"weight {k!r} has shape {tuple(v.shape)}, {what} expects {tuple(state[k].shape)}")
+    return state | got

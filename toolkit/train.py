@@ -58,9 +58,45 @@ def progress_enabled() -> bool:
     return context().is_main and os.environ.get("DCL_NO_PROGRESS", "") not in ("1", "true")
 
 
+def stage_log(message: str) -> None:
+    """One line per stage on stderr, shown when progress is (the main process, not silenced)."""
+    if progress_enabled():
+        print(message, file=sys.stderr, flush=True)
+
+
 def progress(iterable: Iterable, desc: str, total: int | None = None, leave: bool = False):
+    """A progress bar on a terminal; on a file or a pipe (a log, CI) a line at each quarter, so a
+    log gets a few lines per stage instead of thousands of carriage-return updates."""
+    if progress_enabled() and not sys.stderr.isatty():
+        return LineProgress(iterable, desc, total)
     return tqdm(iterable, desc=desc, total=total, leave=leave, disable=not progress_enabled(),
                 file=sys.stderr, dynamic_ncols=True)
+
+
+class LineProgress:
+    """tqdm's iteration and set_postfix for a non-terminal: one line at 25/50/75/100%."""
+
+    STEPS = 4
+
+    def __init__(self, iterable: Iterable, desc: str, total: int | None = None):
+        self._iterable, self._desc = iterable, desc
+        self._total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self._postfix = ""
+
+    def set_postfix(self, **values: object) -> None:
+        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def __iter__(self):
+        total, shown, done = self._total, 0, 0
+        for item in self._iterable:
+            yield item
+            done += 1
+            if total and done * self.STEPS // total > shown:
+                shown = done * self.STEPS // total
+                tail = f" ({self._postfix})" if self._postfix else ""
+                print(f"{self._desc}: {done}/{total} ({100 * done // total}%){tail}", file=sys.stderr, flush=True)
+        if not total:
+            print(f"{self._desc}: {done} done", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- objectives

@@ -118,7 +118,7 @@ class AppBenchmark:
 
 def to_artifact_result(art: Artifact, run: AppRun):
     """An ArtifactResult for the report: per training step (or inference) from the app's clock."""
-    from runtime_harness.report.results import ArtifactResult, _thin
+    from runtime_harness.report.results import ArtifactResult, thin_samples
 
     per_sample = run.latency.mean_s / run.batch_size if art.kind == "training" and run.batch_size else None
     return ArtifactResult(
@@ -127,9 +127,9 @@ def to_artifact_result(art: Artifact, run: AppRun):
         first_s=run.first_s, warmup=run.warmup, batch_size=run.batch_size, per_sample_s=per_sample,
         peak_rss=Measurement.unavailable("bytes", "not sampled: the app runs in its own process, which adb's shell "
                                                   "cannot read /proc of on Android 7+"),
-        file_size=ArtifactResult._size(art.bytes),
+        file_size=ArtifactResult.file_size_of(art.bytes),
         energy=Measurement.unavailable("J", "not measured for app runs"),
-        samples_s=_thin(run.samples_s))
+        samples_s=thin_samples(run.samples_s))
 
 
 __all__ = ["ACTIVITY", "AppBenchmark", "AppNotReady", "AppRun", "PACKAGE", "RESULT_PATH", "parse_app_result", "to_artifact_result"]

@@ -33,7 +33,7 @@ from runtime_harness.report.svg import (
     row_label,
 )
 
-if TYPE_CHECKING:  # results.py imports this module to write report.html
+if TYPE_CHECKING:  # annotations only: the data model never depends on its view
     from runtime_harness.report.results import ArtifactResult, ProfileResults
 
 STRIP_RUNS = 800  # runs drawn as dots per artifact; more only blur the strip
@@ -170,24 +170,7 @@ def _figures(results: ProfileResults) -> list[Plot]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Public: each plot as one <svg> string, and the page
-
-def svg_latency(arts: list[ArtifactResult], title: str = "Latency distribution per artifact") -> str:
-    """Box (quartiles from the runs; whiskers min..max; tick at p99) and a jittered strip of runs.
-    Tool summaries without per-run times show min..max, a mean dot and the percentiles they have."""
-    return _svg(_latency_plot(arts, title))
-
-
-def svg_bars(title: str, items: list[tuple[str, str, float | None, str]], unit: str) -> str:
-    """Horizontal bars: (label, format, value or None, annotation). None draws no bar, only the
-    annotation (used for `unavailable` energy, with its reason)."""
-    return _svg(_bars_plot(title, items, unit))
-
-
-def svg_drift(arts: list[ArtifactResult]) -> str:
-    """Sustained mode: window median latency over time, one line per artifact."""
-    return _svg(_drift_plot(arts))
-
+# Public: the plots as <svg> strings, and the page
 
 def plots(results: ProfileResults) -> list[str]:
     """Every plot of the report as an SVG string (one <svg> each)."""

@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dcl_core.errors import DclError
-from dcl_core.outputs import atomic_output
 from runtime_harness.devices.base import DeviceInfo
 from runtime_harness.metrics import FILE_SIZE, Drift, LatencyStats, Measurement, Profile
-from runtime_harness.report.html import html_report
 
 FORMAT_VERSION = 1
 MAX_STORED_SAMPLES = 5000  # statistics use every run; results.json keeps at most this many for plots
@@ -62,7 +60,8 @@ class ArtifactResult:
         return "training step" if self.kind == "training" else "inference"
 
     @staticmethod
-    def _size(nbytes: int) -> Measurement:
+    def file_size_of(nbytes: int) -> Measurement:
+        """An artifact's size on disk as the report's measurement."""
         return Measurement(float(nbytes), "bytes", FILE_SIZE)
 
     @classmethod
@@ -73,8 +72,8 @@ class ArtifactResult:
         return cls(name=name, format=fmt, kind=kind, sha256=sha256, bytes=nbytes, threads=threads,  # type: ignore[arg-type]
                    runtime=runtime or f"{fmt} (python bindings)", latency=t.runs, load_s=t.load_s, first_s=t.first_s,
                    warmup=t.warmup, batch_size=profile.batch_size, per_sample_s=profile.per_sample_s,
-                   peak_rss=peak_rss, file_size=cls._size(nbytes), energy=profile.energy, drift=profile.drift,
-                   samples_s=_thin(t.samples_s))
+                   peak_rss=peak_rss, file_size=cls.file_size_of(nbytes), energy=profile.energy, drift=profile.drift,
+                   samples_s=thin_samples(t.samples_s))
 
     @classmethod
     def from_android(cls, name: str, fmt: str, sha256: str, nbytes: int, run: Any, threads: int = 1) -> "ArtifactResult":
@@ -85,15 +84,15 @@ class ArtifactResult:
                    warmup=(LatencyStats(n=0, mean_s=t.warmup_mean_s, source=run.latency.source,
                                         note=f"warm-up average printed by {run.tool}")
                            if t.warmup_mean_s is not None else None),
-                   peak_rss=run.peak_rss, file_size=cls._size(nbytes), energy=run.energy, samples_s=_thin(t.samples_s))
+                   peak_rss=run.peak_rss, file_size=cls.file_size_of(nbytes), energy=run.energy, samples_s=thin_samples(t.samples_s))
 
     @classmethod
     def failed(cls, name: str, fmt: str, kind: str, sha256: str, nbytes: int, error: str) -> "ArtifactResult":
         return cls(name=name, format=fmt, kind=kind, sha256=sha256, bytes=nbytes, error=error,  # type: ignore[arg-type]
-                   file_size=cls._size(nbytes))
+                   file_size=cls.file_size_of(nbytes))
 
 
-def _thin(samples: list[float]) -> list[float]:
+def thin_samples(samples: list[float]) -> list[float]:
     """At most MAX_STORED_SAMPLES, evenly spaced and in run order (drift stays visible in plots)."""
     if len(samples) <= MAX_STORED_SAMPLES:
         return list(samples)
@@ -171,17 +170,3 @@ def _check_quantities(obj: Any, where: str, seconds: bool = False) -> None:
             _check_quantities(item, f"{where}[{i}]", seconds)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         check_number(obj, where, ge=0, le=MAX_SECONDS if seconds else None)
-
-
-PROFILE = "profile"  # the output kind of a profile folder
-
-
-def write_outputs(results: ProfileResults, out_dir: str | Path, force: bool = False,
-                  containers: tuple[str | Path, ...] = ()) -> tuple[Path, Path]:
-    """results.json and report.html as one new folder `out_dir` (also used to save partial
-    results), written atomically; it replaces only a previous dcl profile, with `force`."""
-    with atomic_output(out_dir, PROFILE, force, containers=containers) as tmp:
-        results.write(tmp / RESULTS_FILE)
-        (tmp / REPORT_FILE).write_text(html_report(results))
-    out = Path(out_dir)
-    return out / RESULTS_FILE, out / REPORT_FILE

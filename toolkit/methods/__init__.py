@@ -1,2 +1,2 @@
-"""Device-cloud methods as plug-ins: each folder implements `toolkit.methods.base.Method` and has
-one line in `toolkit.methods.registry`."""
+"""Device-cloud methods as plug-ins: each folder implements `toolkit.plugin.Method` and has
+one line in `toolkit.registry`."""

@@ -17,7 +17,6 @@ import hashlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,13 +160,3 @@ class Cloud:
 
     def handle_update(self, body: bytes) -> bytes:
         return self.receive(UpdateUp.from_bytes(body, self.limits)).to_bytes()
-
-
-def load_cloud(run_dir: str | Path) -> Cloud:
-    """The cloud side of a run: its models, the pool rebuilt from the data, the index rebuilt."""
-    from toolkit.methods.coda.data import build_fleet
-    from toolkit.methods.coda.pipeline import load_run
-
-    cfg, models, _ = load_run(run_dir)
-    fleet = build_fleet(cfg.data, cfg.seed)
-    return Cloud.build(cfg, models.recommender, models.classifier, fleet)

@@ -25,19 +25,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from dcl_core.config import from_dict, to_dict
+from dcl_core.config import to_dict
 from dcl_core.errors import CheckpointError
 from toolkit.methods.coda.cloud import Cloud
 from toolkit.methods.coda.config import CoDAConfig
-from toolkit.methods.coda.data import Fleet, build_fleet
+from toolkit.methods.coda.data import Fleet, build_fleet, load_movielens
 from toolkit.methods.coda.device import (PERSONALIZED, Augmentation, Models, Opener, Outcome, pytorch_opener,
                                          request_augmentation, run_device)
 from toolkit.methods.coda.matching import AnnIndex, retrieve
-from toolkit.methods.coda.model import BCE, auc, build_classifier, build_recommender, predict
+from toolkit.methods.coda.messages import AugmentRequest
+from toolkit.methods.coda.model import (BCE, SampleClassifier, auc, build_classifier, build_recommender, predict,
+                                        sample_keys)
 from toolkit.models import count_params, state_bytes
-from toolkit.run import RunDir, atomic_run_dir
+from toolkit.run import RunDir, atomic_run_dir, open_run
 from toolkit.train import fit, frozen, progress
 
+METHOD = "coda"  # the registry key, written into every run's config.json and metrics
 RESULTS = ("cloud_only", *PERSONALIZED)
 MATCHING_CHECK_REQUESTS = 50  # requests whose retrieval is compared with exact search
 
@@ -86,9 +89,6 @@ def score(models: Models, fleet: Fleet, outcomes: dict[int, Outcome]) -> tuple[d
 
 def matching_check(cloud: Cloud, fleet: Fleet, models: Models, cfg: CoDAConfig, users: list[int]) -> dict[str, Any]:
     """Latency of the index's requests and their agreement with exact search (same merge rule)."""
-    from toolkit.methods.coda.device import request_augmentation as _req  # the real request path
-    from toolkit.methods.coda.messages import AugmentRequest
-
     exact = AnnIndex(_pool_keys(models, fleet, cfg), cfg.matching, kind="flat")
     captured: list[AugmentRequest] = []
 
@@ -97,7 +97,7 @@ def matching_check(cloud: Cloud, fleet: Fleet, models: Models, cfg: CoDAConfig, 
         return cloud.handle_augment(body)
 
     for u in users[:MATCHING_CHECK_REQUESTS]:
-        _req(fleet.devices[u], models, cfg, capture, cloud.version)
+        request_augmentation(fleet.devices[u], models, cfg, capture, cloud.version)  # the real request path
     recalls, times = [], []
     for req in captured:
         lo, hi = np.searchsorted(cloud.pool_user, [req.user, req.user + 1])
@@ -113,8 +113,6 @@ def matching_check(cloud: Cloud, fleet: Fleet, models: Models, cfg: CoDAConfig, 
 
 
 def _pool_keys(models: Models, fleet: Fleet, cfg: CoDAConfig) -> np.ndarray:
-    from toolkit.methods.coda.model import sample_keys
-
     p = fleet.pool
     return sample_keys(models.recommender, p.user, p.item, p.click, cfg.matching)
 
@@ -158,7 +156,7 @@ def run(cfg: CoDAConfig, models: Models | None = None, fleet: Fleet | None = Non
                       "devices": round(t4 - t3, 1), "total": round(time.perf_counter() - t0, 1)}
     sizes = {n: {"params": count_params(m), "bytes": state_bytes(m)} for n, m in
              (("recommender", models.recommender), ("sample_classifier", models.classifier))}
-    metrics = {"method": "coda", "results": results, "matching": matching, "sizes": sizes,
+    metrics = {"method": METHOD, "results": results, "matching": matching, "sizes": sizes,
                "users": {"split": cfg.data.eval_split, "evaluated": len(users),
                          "with_both_classes": sum(1 for p in per_user.values() if np.isfinite(p.get("coda", np.nan)))},
                "log": log}
@@ -188,7 +186,7 @@ def load_augmentations(path: Path) -> dict[int, Augmentation]:
 def train_to_dir(cfg: CoDAConfig, out: str | Path, force: bool = False) -> dict[str, Any]:
     res = run(cfg)
     with atomic_run_dir(out, force) as rd:
-        rd.write_json("config.json", {"method": "coda", "config": to_dict(cfg)})
+        rd.write_json("config.json", {"method": METHOD, "config": to_dict(cfg)})
         rd.save_model("recommender", res["models"].recommender)
         rd.save_model("classifier", res["models"].classifier)
         save_file(save_augmentations(res["augmentations"]), str(rd.path / "augmentation.safetensors"))
@@ -198,21 +196,20 @@ def train_to_dir(cfg: CoDAConfig, out: str | Path, force: bool = False) -> dict[
 
 
 def load_run(path: str | Path) -> tuple[CoDAConfig, Models, RunDir]:
-    from toolkit.methods.coda.model import SampleClassifier
-
-    rd = RunDir(path)
-    if not rd.path.is_dir():
-        raise CheckpointError(f"run directory {rd.path} does not exist; run `dcl train coda --out {rd.path}` first")
-    record = rd.read_json("config.json")
-    cfg = from_dict(CoDAConfig, record.get("config", {}), f"{rd.path / 'config.json'}")
-    from toolkit.methods.coda.data import load_movielens
-
+    cfg, rd = open_run(path, METHOD, CoDAConfig)
     ml = load_movielens()
     rec = build_recommender(cfg.model, ml.num_users, ml.num_items, ml.user_side, ml.item_side, cfg.seed)
     rd.load_model("recommender", rec)
     clf = SampleClassifier(rec.item.weight, rec.item_side.weight, cfg.filter.hidden)
     rd.load_model("classifier", clf)
     return cfg, Models(frozen(rec), frozen(clf)), rd
+
+
+def load_cloud(run_dir: str | Path) -> Cloud:
+    """The cloud side of a run (`dcl serve coda`): its models, the pool rebuilt from the data, the
+    index rebuilt."""
+    cfg, models, _ = load_run(run_dir)
+    return Cloud.build(cfg, models.recommender, models.classifier, build_fleet(cfg.data, cfg.seed))
 
 
 def evaluate_run(path: str | Path) -> dict[str, Any]:
@@ -223,4 +220,4 @@ def evaluate_run(path: str | Path) -> dict[str, Any]:
     users = sorted(augmentations)
     outcomes = personalize(cfg, models, fleet, users, augmentations, pytorch_opener(models, cfg))
     results, _ = score(models, fleet, outcomes)
-    return {"method": "coda", "results": results}
+    return {"method": METHOD, "results": results}

@@ -1,14 +1,12 @@
-"""CoDA as a `dcl` method plug-in (registered in toolkit/methods/registry.py)."""
+"""CoDA as a `dcl` method plug-in (one line in toolkit/registry.py); the shape every method's
+plugin.py has is described in toolkit/plugin.py."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from exporters.formats import Format
-from exporters.spec import TrainingSpec
-from runtime_harness.profile import Baseline
-from toolkit.methods.base import ExportOptions, ExportRecipe, FleetOptions, Log, Method, SimulationReport
-from toolkit.methods.coda import config
+from toolkit.plugin import (ExportOptions, ExportRecipe, FleetOptions, Log, Method, SimulationReport,
+                            exported_training)
 
 
 class CoDA(Method):
@@ -22,10 +20,12 @@ class CoDA(Method):
 
         return serve_command
 
-    def load_config(self, path: str | None, quick: bool, seed: int | None) -> config.CoDAConfig:
-        return config.load_config(path, quick=quick, seed=seed)
+    def load_config(self, path: str | None, quick: bool, seed: int | None) -> Any:
+        from toolkit.methods.coda.config import load_config
 
-    def train(self, cfg: config.CoDAConfig, out: Path, force: bool = False) -> dict[str, Any]:
+        return load_config(path, quick=quick, seed=seed)
+
+    def train(self, cfg: Any, out: Path, force: bool = False) -> dict[str, Any]:
         from toolkit.methods.coda.pipeline import train_to_dir
 
         return train_to_dir(cfg, out, force)
@@ -36,9 +36,9 @@ class CoDA(Method):
         return evaluate_run(run_dir)
 
     def results_table(self, metrics: dict[str, Any]) -> str:
-        from toolkit.methods.coda.report import coda_table
+        from toolkit.methods.coda.report import metrics_table
 
-        return coda_table(metrics)
+        return metrics_table(metrics)
 
     def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
         from toolkit.methods.coda.export import bundle_programs
@@ -46,23 +46,24 @@ class CoDA(Method):
         programs, extra = bundle_programs(run_dir, options.lr)
         return ExportRecipe(programs, extra)
 
-    def baselines(self, run_dir: Path, manifest_programs: dict[str, Any]) -> dict[str, Baseline]:
+    def baselines(self, run_dir: Path, manifest_programs: dict[str, Any]) -> dict[str, Any]:
+        from runtime_harness.profile import Baseline
         from toolkit.methods.coda.pipeline import load_run
 
         _, models, _ = load_run(run_dir)
-        out = {}
-        for name, model in models.templates().items():
-            training = None
-            program = manifest_programs.get(name)
-            art = next((a for a in program.artifacts if a.kind == "training" and a.optimizer), None) if program else None
-            if art is not None:  # the program as exported: its trainable set and optimizer
-                o = art.optimizer
-                training = TrainingSpec(trainable=list(art.trainable), loss=art.loss or "bce_with_logits", lr=o["lr"],
-                                        momentum=o["momentum"], weight_decay=o["weight_decay"])
-            out[name] = Baseline(model, training)
-        return out
+        return {name: Baseline(model, exported_training(manifest_programs, name, "bce_with_logits"))
+                for name, model in models.templates().items()}
 
-    def simulate(self, run_dir: Path, runtime: Format, options: FleetOptions, log: Log) -> SimulationReport:
+    def simulate(self, run_dir: Path, runtime: Any, options: FleetOptions, log: Log) -> SimulationReport:
         from toolkit.methods.coda.simulate import simulate
 
-        return simulate(run_dir, runtime, options, log)
+        r = simulate(run_dir, runtime, options, log)
+        rows = [[engine, res["cloud_only"]["user_auc"], res["coda"]["user_auc"], res["coda"]["auc"], r["steps"][engine],
+                 r["seconds"][engine]] for engine, res in r["results"].items()]
+        summary = (f"{len(r['users'])} devices; |coda user AUC gap| = {r['user_auc_gap']:.4f}, |overall AUC gap| = "
+                   f"{r['auc_gap']:.4f} ({'within' if r['agrees'] else 'OUTSIDE'} {r['tolerance']}); "
+                   f"{r['runtime_steps']} runtime steps")
+        if r.get("pytorch_vs_run_max_gap") is not None:
+            summary += f"; pytorch engine vs the run's recorded per-user AUC: max gap {r['pytorch_vs_run_max_gap']:.4f}"
+        return SimulationReport(["engine", "cloud_only user AUC", "coda user AUC", "coda AUC", "train steps", "seconds"],
+                                rows, summary, r)

@@ -6,7 +6,7 @@ from typing import Any
 from tabulate import tabulate
 
 
-def coda_table(metrics: dict[str, Any]) -> str:
+def metrics_table(metrics: dict[str, Any]) -> str:
     results = metrics["results"]
     rows = [[name, f"{r['user_auc']:.4f}", f"{r['auc']:.4f}"] for name, r in results.items()]
     text = tabulate(rows, headers=["result", "user AUC (mean)", "overall AUC"], tablefmt="github")

@@ -219,7 +219,7 @@ async def serve(cloud, host: str, port: int, limits: ServiceLimits, duration: fl
 def serve_command(run_dir: str, host: str, port: int, max_body_kb: int, max_inflight: int, workers: int,
                   read_timeout: float, duration: float) -> None:
     """Serve CoDA's cloud side for RUN_DIR over HTTP: model down, augmentation, updates."""
-    from toolkit.methods.coda.cloud import load_cloud
+    from toolkit.methods.coda.pipeline import load_cloud
 
     cloud = load_cloud(run_dir)
     limits = ServiceLimits(max_body_kb * 1024, max_inflight, workers, read_timeout)

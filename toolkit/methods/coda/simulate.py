@@ -28,7 +28,7 @@ from exporters.api import export
 from exporters.base import get_exporter
 from exporters.formats import Format
 from exporters.runner import open_training
-from toolkit.methods.base import FleetOptions, Log, SimulationReport
+from toolkit.plugin import FleetOptions, Log
 from toolkit.methods.coda.data import build_fleet
 from toolkit.methods.coda.device import pytorch_opener
 from toolkit.methods.coda.export import bundle_programs
@@ -38,7 +38,8 @@ DEFAULT_DEVICES = 6
 TOLERANCE = 0.005  # AUC
 
 
-def simulate(run_dir: str | Path, runtime: Format, options: FleetOptions, log: Log) -> SimulationReport:
+def simulate(run_dir: str | Path, runtime: Format, options: FleetOptions, log: Log) -> dict[str, Any]:
+    """The fleet's record: per-engine results, steps and seconds, the gaps and whether they agree."""
     fmt = runtime.name
     ok, why = get_exporter(fmt).runnable_here("training")
     if not ok:
@@ -79,18 +80,11 @@ def simulate(run_dir: str | Path, runtime: Format, options: FleetOptions, log: L
     gap_user = abs(results[fmt]["coda"]["user_auc"] - results["pytorch"]["coda"]["user_auc"])
     gap_all = abs(results[fmt]["coda"]["auc"] - results["pytorch"]["coda"]["auc"])
     record: dict[str, Any] = {"runtime": fmt, "users": users, "results": results, "seconds": seconds,
-                              "runtime_steps": steps[fmt], "kept": kept, "user_auc_gap": round(gap_user, 6),
+                              "steps": steps, "runtime_steps": steps[fmt], "kept": kept, "user_auc_gap": round(gap_user, 6),
                               "auc_gap": round(gap_all, 6), "tolerance": TOLERANCE,
                               "agrees": bool(gap_user <= TOLERANCE and gap_all <= TOLERANCE)}
     if recorded_epochs:
         run_rec = rd.read_json("per_user.json")
         diffs = [abs(pt_user[u] - run_rec[str(u)]["coda"]) for u in users if str(u) in run_rec]
         record["pytorch_vs_run_max_gap"] = round(float(max(diffs)), 6) if diffs else None
-    rows = [[engine, r["cloud_only"]["user_auc"], r["coda"]["user_auc"], r["coda"]["auc"], steps[engine], seconds[engine]]
-            for engine, r in results.items()]
-    summary = (f"{len(users)} devices; |coda user AUC gap| = {gap_user:.4f}, |overall AUC gap| = {gap_all:.4f} "
-               f"({'within' if record['agrees'] else 'OUTSIDE'} {TOLERANCE}); {steps[fmt]} runtime steps")
-    if record.get("pytorch_vs_run_max_gap") is not None:
-        summary += f"; pytorch engine vs the run's recorded per-user AUC: max gap {record['pytorch_vs_run_max_gap']:.4f}"
-    return SimulationReport(["engine", "cloud_only user AUC", "coda user AUC", "coda AUC", "train steps", "seconds"],
-                            rows, summary, record)
+    return record

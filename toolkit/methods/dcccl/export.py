@@ -17,7 +17,7 @@ from torch import nn
 from exporters.api import ProgramSpec
 from exporters.spec import TrainingSpec
 from toolkit.methods.dcccl.config import DCCCLConfig
-from toolkit.methods.dcccl.models import device_program
+from toolkit.methods.dcccl.model import device_program
 from toolkit.methods.dcccl.pipeline import load_run
 from toolkit.methods.dcccl.scenario import Scenario, build_dcccl_scenario
 

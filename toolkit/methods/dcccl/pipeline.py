@@ -17,17 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from dcl_core.config import from_dict, to_dict
+from dcl_core.config import to_dict
 from toolkit.data.imageset import ImageSet
 from toolkit.distributed import context
 from toolkit.methods.dcccl.config import DCCCLConfig
-from toolkit.methods.dcccl.models import DCCCLModels, build_models, served
+from toolkit.methods.dcccl.model import DCCCLModels, build_models, served
 from toolkit.methods.dcccl.rounds import run_rounds
 from toolkit.methods.dcccl.scenario import Scenario, build_dcccl_scenario, joint_num_classes
 from toolkit.models import count_params, state_bytes
-from toolkit.run import RunDir, atomic_run_dir
+from toolkit.run import RunDir, atomic_run_dir, open_run
 from toolkit.train import Distill, Supervised, accuracy, fit, frozen
 
+METHOD = "dcccl"  # the registry key, written into every run's config.json and metrics
 RESULTS = ("cloud_only", "device_only", "dcccl_mimic", "dcccl_oracle")
 # checkpoint name of the f_d each result uses (cloud_only has none)
 F_D_CHECKPOINT = {"device_only": "f_d_device_only", "dcccl_mimic": "f_d", "dcccl_oracle": "f_d_oracle"}
@@ -118,11 +119,11 @@ def train(cfg: DCCCLConfig) -> tuple[TrainedDCCCL, Scenario, dict[str, Any]]:
 def train_to_dir(cfg: DCCCLConfig, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Train and write the run directory (atomically, by the main process only)."""
     trained, sc, log = train(cfg)
-    metrics = {"method": "dcccl", "results": evaluate(trained, sc), "sizes": sizes(trained.models),
+    metrics = {"method": METHOD, "results": evaluate(trained, sc), "sizes": sizes(trained.models),
                "world_size": context().world_size, "log": log}
     if context().is_main:
         with atomic_run_dir(out, force) as run:
-            run.write_json("config.json", {"method": "dcccl", "config": to_dict(cfg)})
+            run.write_json("config.json", {"method": METHOD, "config": to_dict(cfg)})
             run.save_model("f_c", trained.models.f_c)
             run.save_model("g", trained.models.g)
             run.save_model("f_d", trained.models.f_d)
@@ -134,12 +135,7 @@ def train_to_dir(cfg: DCCCLConfig, out: str | Path, force: bool = False) -> dict
 
 def load_run(path: str | Path) -> tuple[DCCCLConfig, TrainedDCCCL, RunDir]:
     """Rebuild a run's models from config.json and its checkpoints (no ImageNet weights needed)."""
-    run = RunDir(path)
-    if not run.path.is_dir():
-        from dcl_core.errors import CheckpointError
-        raise CheckpointError(f"run directory {run.path} does not exist; run `dcl train dcccl --out {run.path}` first")
-    record = run.read_json("config.json")
-    cfg = from_dict(DCCCLConfig, record.get("config", {}), f"{run.path / 'config.json'}")
+    cfg, run = open_run(path, METHOD, DCCCLConfig)
     models = build_models(cfg, joint_num_classes(cfg.scenario), pretrained=False)
     run.load_model("f_c", models.f_c)
     run.load_model("g", models.g)
@@ -155,4 +151,4 @@ def load_run(path: str | Path) -> tuple[DCCCLConfig, TrainedDCCCL, RunDir]:
 def evaluate_run(path: str | Path) -> dict[str, Any]:
     cfg, trained, _ = load_run(path)
     sc = build_dcccl_scenario(cfg.scenario, cfg.seed)
-    return {"method": "dcccl", "results": evaluate(trained, sc), "sizes": sizes(trained.models)}
+    return {"method": METHOD, "results": evaluate(trained, sc), "sizes": sizes(trained.models)}

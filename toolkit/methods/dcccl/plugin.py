@@ -1,16 +1,12 @@
-"""DC-CCL as a `dcl` method plug-in (registered in toolkit/methods/registry.py)."""
+"""DC-CCL as a `dcl` method plug-in (one line in toolkit/registry.py); the shape every method's
+plugin.py has is described in toolkit/plugin.py."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from exporters.formats import Format
-from exporters.spec import TrainingSpec
-from runtime_harness.profile import Baseline
-from toolkit.methods.base import ExportOptions, ExportRecipe, FleetOptions, Log, Method, SimulationReport
-from toolkit.methods.dcccl import config, pipeline
-from toolkit.methods.dcccl.export import PROGRAM, device_step_program, phone_program
-from toolkit.methods.dcccl.report import dcccl_table
+from toolkit.plugin import (ExportOptions, ExportRecipe, FleetOptions, Log, Method, SimulationReport,
+                            exported_training)
 
 
 class DCCCL(Method):
@@ -18,33 +14,39 @@ class DCCCL(Method):
     title = "DC-CCL: cloud submodel, mimic distillation, controlled device rounds, and the baselines"
     simulate_noise_floor = True
 
-    def load_config(self, path: str | None, quick: bool, seed: int | None) -> config.DCCCLConfig:
-        return config.load_config(path, quick=quick, seed=seed)
+    def load_config(self, path: str | None, quick: bool, seed: int | None) -> Any:
+        from toolkit.methods.dcccl.config import load_config
 
-    def train(self, cfg: config.DCCCLConfig, out: Path, force: bool = False) -> dict[str, Any]:
-        return pipeline.train_to_dir(cfg, out, force)
+        return load_config(path, quick=quick, seed=seed)
+
+    def train(self, cfg: Any, out: Path, force: bool = False) -> dict[str, Any]:
+        from toolkit.methods.dcccl.pipeline import train_to_dir
+
+        return train_to_dir(cfg, out, force)
 
     def evaluate(self, run_dir: Path) -> dict[str, Any]:
-        return pipeline.evaluate_run(run_dir)
+        from toolkit.methods.dcccl.pipeline import evaluate_run
+
+        return evaluate_run(run_dir)
 
     def results_table(self, metrics: dict[str, Any]) -> str:
-        return dcccl_table(metrics)
+        from toolkit.methods.dcccl.report import metrics_table
+
+        return metrics_table(metrics)
 
     def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
+        from toolkit.methods.dcccl.export import device_step_program
+
         return ExportRecipe([device_step_program(run_dir, options.bn, options.lr)])
 
-    def baselines(self, run_dir: Path, manifest_programs: dict[str, Any]) -> dict[str, Baseline]:
-        _, model, _ = phone_program(run_dir)
-        training = None
-        program = manifest_programs.get(PROGRAM)
-        art = next((a for a in program.artifacts if a.kind == "training" and a.optimizer), None) if program else None
-        if art is not None:  # the same program as exported: its trainable set and optimizer
-            o = art.optimizer
-            training = TrainingSpec(trainable=list(art.trainable), loss=art.loss or "cross_entropy", lr=o["lr"],
-                                    momentum=o["momentum"], weight_decay=o["weight_decay"])
-        return {PROGRAM: Baseline(model, training)}
+    def baselines(self, run_dir: Path, manifest_programs: dict[str, Any]) -> dict[str, Any]:
+        from runtime_harness.profile import Baseline
+        from toolkit.methods.dcccl.export import PROGRAM, phone_program
 
-    def simulate(self, run_dir: Path, runtime: Format, options: FleetOptions, log: Log) -> SimulationReport:
+        _, model, _ = phone_program(run_dir)
+        return {PROGRAM: Baseline(model, exported_training(manifest_programs, PROGRAM, "cross_entropy"))}
+
+    def simulate(self, run_dir: Path, runtime: Any, options: FleetOptions, log: Log) -> SimulationReport:
         import dataclasses
 
         from toolkit.methods.dcccl.simulate import simulate
@@ -61,9 +63,8 @@ class DCCCL(Method):
 
     def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
                        force: bool = False) -> dict[str, Any]:
-        from dcl_core.errors import ConfigError
-        from toolkit.methods.dcccl.transfer import import_device_weights
+        from toolkit.methods.dcccl.export import PROGRAM
+        from toolkit.methods.dcccl.transfer import DEFAULT_NAME, import_device_weights
 
-        if program not in (None, PROGRAM):
-            raise ConfigError(f"a DC-CCL bundle has one program, {PROGRAM!r}; got --program {program!r}")
-        return import_device_weights(run_dir, weights, "f_d_imported" if name is None else name, force)
+        self.check_program(program, PROGRAM)
+        return import_device_weights(run_dir, weights, DEFAULT_NAME if name is None else name, force)

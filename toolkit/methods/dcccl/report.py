@@ -10,7 +10,7 @@ from toolkit.report import results_table
 COLUMNS = ("cloud_test", "device_test", "union_test", "cloud_val", "device_val", "union_val")
 
 
-def dcccl_table(metrics: dict[str, Any]) -> str:
+def metrics_table(metrics: dict[str, Any]) -> str:
     results = metrics["results"]
     cols = [c for c in COLUMNS if any(c in r for r in results.values())]
     text = results_table(results, cols)

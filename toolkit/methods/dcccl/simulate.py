@@ -28,9 +28,9 @@ from exporters.reference import PyTorchTraining
 from exporters.runner import open_training
 from runtime_harness.fleet.engine import fleet_round
 from toolkit.data.imageset import ImageSet
-from toolkit.methods.base import FleetOptions, Log
+from toolkit.plugin import FleetOptions, Log
 from toolkit.methods.dcccl.export import DEVICE_PART, INPUT_NAMES, OUTPUT_NAMES, PROGRAM, phone_program, training_spec
-from toolkit.methods.dcccl.models import device_program, served
+from toolkit.methods.dcccl.model import device_program, served
 from toolkit.methods.dcccl.pipeline import load_run
 from toolkit.methods.dcccl.scenario import build_dcccl_scenario
 from toolkit.train import accuracy, progress

@@ -8,34 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcl_core.errors import CheckpointError
 from toolkit.methods.dcccl.export import DEVICE_PART
 from toolkit.methods.dcccl.pipeline import load_run
-from toolkit.run import read_weights
+from toolkit.run import read_weights, weights_for
 
 DEVICE_PREFIX = f"{DEVICE_PART}."
+DEFAULT_NAME = "f_d_imported"  # the checkpoint written when --name is not given
 
 
-def import_device_weights(run_dir: str | Path, weights: str | Path, name: str = "f_d_imported",
+def import_device_weights(run_dir: str | Path, weights: str | Path, name: str = DEFAULT_NAME,
                           force: bool = False) -> dict:
     """Load returned f_d weights over the run's f_d (parameters only; BN statistics are kept, since
     a frozen-BN training program never changes them) and save them as checkpoints/<name>."""
     cfg, trained, run = load_run(run_dir)
     f_d = trained.models.f_d
     got = {k[len(DEVICE_PREFIX):] if k.startswith(DEVICE_PREFIX) else k: v for k, v in read_weights(weights).items()}
-    params = dict(f_d.named_parameters())
-    state = f_d.state_dict()
-    unknown = sorted(set(got) - set(state))
-    if unknown:
-        raise CheckpointError(f"weights file has {unknown[0]!r}, which f_d of {run_dir} does not have; "
-                              f"was it exported from this run?")
-    missing = sorted(set(params) - set(got))
-    if missing:
-        raise CheckpointError(f"weights file lacks f_d parameter {missing[0]!r}; pass the full get_weights() output")
-    for k, v in got.items():
-        if tuple(v.shape) != tuple(state[k].shape):
-            raise CheckpointError(f"weight {k!r} has shape {tuple(v.shape)}, f_d expects {tuple(state[k].shape)}")
-        state[k] = v
+    state = weights_for(f_d, got, str(run_dir), "f_d")
     f_d.load_state_dict(state)
     run.save_new_checkpoint(name, f_d, force)
     return {"imported": len(got), "checkpoint": str(run.checkpoint_path(name))}

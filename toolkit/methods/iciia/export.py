@@ -26,7 +26,7 @@ from exporters.spec import TrainingSpec
 from toolkit.methods.iciia.clients import Clients
 from toolkit.methods.iciia.config import ICIIAConfig
 from toolkit.methods.iciia.features import RingBuffer
-from toolkit.methods.iciia.module import HeadProgram
+from toolkit.methods.iciia.model import HeadProgram
 from toolkit.methods.iciia.pipeline import (
     MAIN,
     TrainedICIIA,

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcl_core.config import from_dict, to_dict
-from dcl_core.errors import CheckpointError
+from dcl_core.config import to_dict
 from toolkit.data.imageset import ImageSet
 from toolkit.distributed import context
 from toolkit.methods.iciia.clients import NUM_CLASSES, Clients, build_clients
@@ -39,7 +38,7 @@ from toolkit.methods.iciia.features import (
     cached_features,
     stream_sets,
 )
-from toolkit.methods.iciia.module import (
+from toolkit.methods.iciia.model import (
     ICIIA,
     BackboneProgram,
     FeatureExtractor,
@@ -49,7 +48,7 @@ from toolkit.methods.iciia.module import (
     projection_params,
 )
 from toolkit.models import count_params, create_model
-from toolkit.run import RunDir, atomic_run_dir
+from toolkit.run import RunDir, atomic_run_dir, open_run
 from toolkit.train import Supervised, check_finite_loss, check_finite_weights, fit, frozen
 
 METHOD = "iciia"
@@ -324,11 +323,7 @@ def train_to_dir(cfg: ICIIAConfig, out: str | Path, force: bool = False, log=lam
 
 def load_run(path: str | Path) -> tuple[ICIIAConfig, TrainedICIIA, RunDir]:
     """Rebuild a run's models from config.json and its checkpoints (no ImageNet weights needed)."""
-    run = RunDir(path)
-    if not run.path.is_dir():
-        raise CheckpointError(f"run directory {run.path} does not exist; run `dcl train iciia --out {run.path}` first")
-    record = run.read_json("config.json")
-    cfg = from_dict(ICIIAConfig, record.get("config", {}), f"{run.path / 'config.json'}")
+    cfg, run = open_run(path, METHOD, ICIIAConfig)
     num_classes = NUM_CLASSES
     backbone = build_backbone(cfg, num_classes, pretrained=False)
     run.load_model("backbone", backbone)

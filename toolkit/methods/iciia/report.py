@@ -11,7 +11,7 @@ from toolkit.report import results_table
 COLUMNS = ["test_acc", "rest_acc"]
 
 
-def iciia_table(metrics: dict[str, Any]) -> str:
+def metrics_table(metrics: dict[str, Any]) -> str:
     text = "skewed test clients (streamed in order)\n" + results_table(metrics["results"], COLUMNS)
     base = metrics["results"].get("backbone", {}).get("test_acc")
     if isinstance(base, float):

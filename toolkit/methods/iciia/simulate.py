@@ -21,7 +21,7 @@ import torch
 from exporters.api import export
 from exporters.formats import Format
 from exporters.runner import open_inference
-from toolkit.methods.base import FleetOptions, Log
+from toolkit.plugin import FleetOptions, Log
 from toolkit.methods.iciia.export import CLASSIFIER, classifier_program
 from toolkit.methods.iciia.features import RingBuffer
 from toolkit.methods.iciia.pipeline import MAIN, load_data, load_run, stream_outputs

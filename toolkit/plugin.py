@@ -1,10 +1,29 @@
 """The Method protocol: what a device-cloud method implements to plug into `dcl`.
 
-A method is one folder under toolkit/methods/ with a class derived from `Method`, plus one line in
-`toolkit/methods/registry.py`. The CLI, the exporters and the harness know methods only through
+A method is one folder under toolkit/methods/ with a class derived from `Method` (in its
+`plugin.py`), plus one line in `toolkit/registry.py`. The CLI, the exporters and the harness know methods only through
 this interface: `dcl train METHOD`, and for a run directory (whose config.json names its
 method) `dcl eval`, `dcl export`, `dcl simulate`, `dcl import-weights`, and the PyTorch baseline
 `dcl profile` compares runtimes with.
+
+Every method folder has the same skeleton, the same file name for the same role:
+
+    toolkit/methods/NAME/
+      __init__.py   one docstring: the method and its paper (no re-exports)
+      config.py     the config dataclass (strict, ranges declared) and load_config(path, quick, seed)
+      model.py      the method's modules
+      pipeline.py   train_to_dir(cfg, out, force), evaluate_run(run), load_run(run) (via toolkit.run.open_run)
+      export.py     the bundle's named programs (ProgramSpecs) for a run
+      simulate.py   the fleet in a runtime's training artifacts beside PyTorch
+      report.py     metrics_table(metrics): the console table
+      transfer.py   device weights back into a run (via toolkit.run.weights_for), if the method takes any
+      plugin.py     the Method subclass: it only delegates to the modules above, each imported inside
+                    the method that needs it, so `dcl --help` and other methods' commands never pay for
+                    this method's imports (torch, the runtimes, its data)
+
+plus whatever else the method needs (data.py, service.py, ...). Adding a method is copying this
+skeleton and adding one line to toolkit/registry.py; import-linter keeps methods independent of
+each other and out of every shared module.
 """
 from __future__ import annotations
 
@@ -18,6 +37,7 @@ from dcl_core.errors import ConfigError
 if TYPE_CHECKING:  # kept out of `dcl --help`'s imports (they pull in torch and the runtimes)
     from exporters.api import ProgramSpec
     from exporters.formats import Format
+    from exporters.spec import TrainingSpec
     from runtime_harness.profile import Baseline
 
 Log = Callable[[str], None]
@@ -103,3 +123,20 @@ class Method(ABC):
     def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
                        force: bool = False) -> dict[str, Any]:
         raise ConfigError(f"method {self.name} does not import device weights")
+
+    def check_program(self, given: str | None, trains: str) -> None:
+        """`--program` of import-weights: the one program whose weights this method takes back."""
+        if given not in (None, trains):
+            raise ConfigError(f"a {self.name} bundle trains one program on devices, {trains!r}; got --program {given!r}")
+
+
+def exported_training(manifest_programs: dict[str, Any], program: str, default_loss: str,
+                      **fields: Any) -> TrainingSpec | None:
+    """The training program `program` as the bundle exported it (trainable set, loss, optimizer),
+    for the PyTorch baseline `dcl profile` runs beside the runtimes; None when the bundle has no
+    training artifact for it. `fields` sets what a manifest does not record (batch_size)."""
+    from exporters.spec import TrainingSpec
+
+    record = manifest_programs.get(program)
+    art = next((a for a in record.artifacts if a.kind == "training" and a.optimizer), None) if record else None
+    return None if art is None else TrainingSpec.from_artifact(art, default_loss, **fields)

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 from dcl_core.errors import CheckpointError, ConfigError
-from toolkit.methods.base import Method
+from toolkit.plugin import Method
 
 METHODS: dict[str, str] = {
     "dcccl": "toolkit.methods.dcccl.plugin:DCCCL",
