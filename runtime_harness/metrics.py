@@ -267,7 +267,7 @@ def battery_energy(samples: Sequence[BatterySample], latency_s: float, charging:
                   key=lambda s: s.t_s)
     if len(good) < 2:
         return Measurement.unavailable("J", f"only {len(good)} battery sample(s) during the run; need at least 2 "
-                                            f"(run longer with --min-duration)")
+                                            f"(run longer: `dcl profile --duration`)")
     p = [abs(s.current_ua) * 1e-6 * s.voltage_uv * 1e-6 for s in good]
     t = [s.t_s for s in good]
     span = t[-1] - t[0]

@@ -26,7 +26,7 @@ METHODS = ("dcccl", "iciia", "coda")
 
 
 def _load_config(method: str):
-    from toolkit.methods.registry import get_method
+    from toolkit.registry import get_method
 
     return get_method(method).load_config
 
@@ -109,11 +109,7 @@ def _has_upper_bound(f: dataclasses.Field) -> bool:
     return "le" in bounds or "lt" in bounds
 
 
-# ScenarioConfig lives in toolkit/methods/dcccl/scenario.py, outside this change: its counts are
-# capped only by the decoder's int64 rule until that file gets its own `le` bounds.
-@pytest.mark.parametrize("cls", [pytest.param(c, id=c.__name__, marks=pytest.mark.xfail(
-    strict=True, reason="scenario.py's counts have no upper bounds yet")) if c.__name__ == "ScenarioConfig"
-    else pytest.param(c, id=c.__name__) for c in _config_classes_with_ints()])
+@pytest.mark.parametrize("cls", [pytest.param(c, id=c.__name__) for c in _config_classes_with_ints()])
 def test_every_int_config_field_has_an_upper_bound(cls):
     hints = typing.get_type_hints(cls)
     unbounded = [f.name for f in dataclasses.fields(cls)

@@ -2,6 +2,8 @@
 registries, delegates, prints.
 
 Every user error surfaces as one line on stderr and a non-zero exit code (no traceback).
+Only light modules are imported at the top; each command imports the layers it drives (torch, the
+exporters, the harness) inside its function, so `dcl --help` and a refused option stay fast.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from typing import Any
 import click
 
 from dcl_core.config import FLOAT32_MAX, SEED_MAX
-from dcl_core.errors import DclError
-from toolkit.registry import method_names
+from dcl_core.errors import ConfigError, DclError, OutputError
+from toolkit.registry import get_method, method_names, method_of_run
 
 FORCE_HELP = "Replace a previous dcl output of the same kind at --out (never anything dcl did not create)."
 
@@ -77,7 +79,6 @@ def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool
     """Train METHOD on the cloud and write a run directory."""
     from dcl_core.outputs import check_destination
     from toolkit.distributed import context
-    from toolkit.registry import get_method
     from toolkit.run import RUN
 
     m = get_method(method)
@@ -95,7 +96,6 @@ def train_cmd(method: str, config_path: str | None, out: str | None, quick: bool
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable metrics instead of tables.")
 def eval_cmd(run_dir: str, as_json: bool) -> None:
     """Re-evaluate a run directory from its checkpoints and print the table."""
-    from toolkit.registry import method_of_run
 
     m = method_of_run(run_dir)
     metrics = m.evaluate(Path(run_dir))
@@ -169,7 +169,6 @@ def export_cmd(run_dir: str | None, model_ref: str | None, target: str, formats:
         log(f"exporting {model_ref} for {t.key} ({', '.join(fmts)}) -> {out}")
     else:
         from toolkit.plugin import ExportOptions
-        from toolkit.registry import method_of_run
 
         m = method_of_run(run_dir)
         log(f"exporting {run_dir} ({m.name}) for {t.key} ({', '.join(fmts)}) -> {out}")
@@ -188,7 +187,6 @@ def export_cmd(run_dir: str | None, model_ref: str | None, target: str, formats:
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint of that name.")
 def import_weights_cmd(run_dir: str, weights: str, program: str | None, name: str | None, force: bool) -> None:
     """Load weights returned by a device runtime (.safetensors/.npz) into a run's checkpoints."""
-    from toolkit.registry import method_of_run
 
     info = method_of_run(run_dir).import_weights(Path(run_dir), Path(weights), program, name, force)
     click.echo(f"imported {info['imported']} tensors into {info['checkpoint']}")
@@ -209,9 +207,7 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
     """A fleet of virtual devices training inside a runtime's exported artifact, beside PyTorch."""
     from tabulate import tabulate
 
-    from dcl_core.errors import ConfigError
     from toolkit.plugin import FleetOptions
-    from toolkit.registry import method_of_run
 
     fmt = _runtime_here(runtime)
     m = method_of_run(run_dir)
@@ -226,8 +222,6 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def serve_cmd(method: str, args: tuple[str, ...]) -> None:
     """Serve METHOD's cloud side over HTTP (`dcl serve METHOD --help` for its options)."""
-    from dcl_core.errors import ConfigError
-    from toolkit.registry import get_method
 
     command = get_method(method).serve_command
     if command is None:
@@ -282,7 +276,6 @@ def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float,
 def _runtime_here(name: str):
     """The --runtime of `dcl simulate`, refused up front (one line naming the runtimes that can)
     when this machine cannot run its training artifacts (Core ML on Linux)."""
-    from dcl_core.errors import ConfigError
     from exporters.formats import FORMATS, get_format
 
     fmt = get_format(name)
@@ -305,7 +298,6 @@ _register_commands()
 def _check_file_output(path: Path, force: bool) -> None:
     """A single-file output (--html): its folder must exist, and an existing file is replaced
     only with --force; checked before any work."""
-    from dcl_core.errors import OutputError
 
     if not path.parent.is_dir():
         raise OutputError(f"--html {path}: folder {path.parent} does not exist; create it or choose another path")
@@ -317,7 +309,6 @@ def _check_file_output(path: Path, force: bool) -> None:
 
 def _baselines(manifest) -> dict:
     """PyTorch eager programs of the run a bundle was exported from, when that run is still here."""
-    from toolkit.registry import method_of_run
 
     run_dir = manifest.extra.get("run_dir")
     if not run_dir or not (Path(run_dir) / "config.json").is_file():

@@ -17,9 +17,11 @@ Every method folder has the same skeleton, the same file name for the same role:
       simulate.py   the fleet in a runtime's training artifacts beside PyTorch
       report.py     metrics_table(metrics): the console table
       transfer.py   device weights back into a run (via toolkit.run.weights_for), if the method takes any
-      plugin.py     the Method subclass: it only delegates to the modules above, each imported inside
-                    the method that needs it, so `dcl --help` and other methods' commands never pay for
-                    this method's imports (torch, the runtimes, its data)
+      plugin.py     the Method subclass: what differs per method (export recipe, baselines, simulate's
+                    table, weight import), delegating to the modules above, each imported inside the
+                    method that needs it, so `dcl --help` and other methods' commands never pay for
+                    this method's imports (torch, the runtimes, its data); config, train, evaluate and
+                    the results table come from the skeleton's modules by their file names (Method.module)
 
 plus whatever else the method needs (data.py, service.py, ...). Adding a method is copying this
 skeleton and adding one line to toolkit/registry.py; import-linter keeps methods independent of
@@ -27,6 +29,7 @@ each other and out of every shared module.
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,23 +92,31 @@ class Method(ABC):
     # whether `simulate` honours FleetOptions.noise_floor (methods that train on the fleet)
     simulate_noise_floor: bool = False
 
-    # -- cloud
-    @abstractmethod
+    # -- cloud: the skeleton's modules of the method's folder, by their role's file name
     def load_config(self, path: str | None, quick: bool, seed: int | None) -> Any:
-        """The method's config dataclass: defaults, then the file, then quick/seed overrides."""
+        """The method's config dataclass: defaults, then the file, then quick/seed overrides
+        (config.py's load_config)."""
+        return self.module("config").load_config(path, quick=quick, seed=seed)
 
-    @abstractmethod
     def train(self, cfg: Any, out: Path, force: bool = False) -> dict[str, Any]:
         """Train on the cloud and write the run directory `out` atomically (toolkit.run's
-        atomic_run_dir: replacing a previous run only with `force`); return its metrics."""
+        atomic_run_dir: replacing a previous run only with `force`); return its metrics
+        (pipeline.py's train_to_dir)."""
+        return self.module("pipeline").train_to_dir(cfg, out, force)
 
-    @abstractmethod
     def evaluate(self, run_dir: Path) -> dict[str, Any]:
-        """Re-evaluate a run from its checkpoints; the same metrics shape `train` returns."""
+        """Re-evaluate a run from its checkpoints; the same metrics shape `train` returns
+        (pipeline.py's evaluate_run)."""
+        return self.module("pipeline").evaluate_run(run_dir)
 
-    @abstractmethod
     def results_table(self, metrics: dict[str, Any]) -> str:
-        """The console table of a run's metrics."""
+        """The console table of a run's metrics (report.py's metrics_table)."""
+        return self.module("report").metrics_table(metrics)
+
+    def module(self, role: str) -> Any:
+        """The method folder's module of a skeleton role ("config", "pipeline", ...), imported on
+        first use so `dcl --help` and other methods' commands never pay for it."""
+        return importlib.import_module(f"{type(self).__module__.rpartition('.')[0]}.{role}")
 
     # -- devices
     @abstractmethod

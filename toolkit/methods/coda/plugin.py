@@ -20,26 +20,6 @@ class CoDA(Method):
 
         return serve_command
 
-    def load_config(self, path: str | None, quick: bool, seed: int | None) -> Any:
-        from toolkit.methods.coda.config import load_config
-
-        return load_config(path, quick=quick, seed=seed)
-
-    def train(self, cfg: Any, out: Path, force: bool = False) -> dict[str, Any]:
-        from toolkit.methods.coda.pipeline import train_to_dir
-
-        return train_to_dir(cfg, out, force)
-
-    def evaluate(self, run_dir: Path) -> dict[str, Any]:
-        from toolkit.methods.coda.pipeline import evaluate_run
-
-        return evaluate_run(run_dir)
-
-    def results_table(self, metrics: dict[str, Any]) -> str:
-        from toolkit.methods.coda.report import metrics_table
-
-        return metrics_table(metrics)
-
     def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
         from toolkit.methods.coda.export import bundle_programs
 

@@ -14,26 +14,6 @@ class DCCCL(Method):
     title = "DC-CCL: cloud submodel, mimic distillation, controlled device rounds, and the baselines"
     simulate_noise_floor = True
 
-    def load_config(self, path: str | None, quick: bool, seed: int | None) -> Any:
-        from toolkit.methods.dcccl.config import load_config
-
-        return load_config(path, quick=quick, seed=seed)
-
-    def train(self, cfg: Any, out: Path, force: bool = False) -> dict[str, Any]:
-        from toolkit.methods.dcccl.pipeline import train_to_dir
-
-        return train_to_dir(cfg, out, force)
-
-    def evaluate(self, run_dir: Path) -> dict[str, Any]:
-        from toolkit.methods.dcccl.pipeline import evaluate_run
-
-        return evaluate_run(run_dir)
-
-    def results_table(self, metrics: dict[str, Any]) -> str:
-        from toolkit.methods.dcccl.report import metrics_table
-
-        return metrics_table(metrics)
-
     def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
         from toolkit.methods.dcccl.export import device_step_program
 

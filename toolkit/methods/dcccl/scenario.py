@@ -33,16 +33,16 @@ from toolkit.data.sources import load_fashion_mnist, load_mnist_digits
 class ScenarioConfig:
     cloud_dataset: str = "fashion_mnist"
     device_dataset: str = "mnist_digits"
-    device_label_offset: int = bounded(10, ge=0)
-    num_devices: int = bounded(4, ge=1)
-    classes_per_device: int = bounded(5, ge=1)
-    device_train_per_device: int = bounded(0, ge=0)  # 0: no cap
-    overlap_per_device: int = bounded(100, ge=0)
-    cloud_train_limit: int = bounded(0, ge=0)  # 0: all of the cloud's training pool
-    cloud_val: int = bounded(5000, ge=1)
+    device_label_offset: int = bounded(10, ge=0, le=1000)
+    num_devices: int = bounded(4, ge=1, le=10_000)
+    classes_per_device: int = bounded(5, ge=1, le=10)  # the device data set has 10 classes
+    device_train_per_device: int = bounded(0, ge=0, le=10**8)  # 0: no cap
+    overlap_per_device: int = bounded(100, ge=0, le=10**8)
+    cloud_train_limit: int = bounded(0, ge=0, le=10**8)  # 0: all of the cloud's training pool
+    cloud_val: int = bounded(5000, ge=1, le=10**8)
     device_test_fraction: float = bounded(0.2, gt=0, lt=1)
     device_val_fraction: float = bounded(0.1, gt=0, lt=1)
-    test_limit: int = bounded(0, ge=0)  # 0: full test sets (quick runs cap them)
+    test_limit: int = bounded(0, ge=0, le=10**8)  # 0: full test sets (quick runs cap them)
 
 
 @dataclass

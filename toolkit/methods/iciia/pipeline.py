@@ -49,7 +49,7 @@ from toolkit.methods.iciia.model import (
 )
 from toolkit.models import count_params, create_model
 from toolkit.run import RunDir, atomic_run_dir, open_run
-from toolkit.train import Supervised, check_finite_loss, check_finite_weights, fit, frozen
+from toolkit.train import Supervised, check_finite_loss, check_finite_weights, fit, frozen, stage_log
 
 METHOD = "iciia"
 MAIN = "iciia_t"  # the variant the bundle exports
@@ -305,7 +305,7 @@ def metrics_of(trained: TrainedICIIA, clients: Clients, feats: torch.Tensor, cfg
     return {"method": METHOD, **evaluate(trained, clients, feats, cfg), "cost": cost(trained, cfg)}
 
 
-def train_to_dir(cfg: ICIIAConfig, out: str | Path, force: bool = False, log=lambda s: None) -> dict[str, Any]:
+def train_to_dir(cfg: ICIIAConfig, out: str | Path, force: bool = False, log=stage_log) -> dict[str, Any]:
     t0 = time.perf_counter()
     trained, clients, feats, record = train(cfg, log)
     metrics = metrics_of(trained, clients, feats, cfg)

@@ -13,27 +13,6 @@ class ICIIA(Method):
     name = "iciia"
     title = "ICIIA: intra-client inter-image attention over cached features (ICIIA-B/T, baselines, control)"
 
-    def load_config(self, path: str | None, quick: bool, seed: int | None) -> Any:
-        from toolkit.methods.iciia.config import load_config
-
-        return load_config(path, quick=quick, seed=seed)
-
-    def train(self, cfg: Any, out: Path, force: bool = False) -> dict[str, Any]:
-        from toolkit.methods.iciia.pipeline import train_to_dir
-        from toolkit.train import stage_log
-
-        return train_to_dir(cfg, out, force, log=stage_log)
-
-    def evaluate(self, run_dir: Path) -> dict[str, Any]:
-        from toolkit.methods.iciia.pipeline import evaluate_run
-
-        return evaluate_run(run_dir)
-
-    def results_table(self, metrics: dict[str, Any]) -> str:
-        from toolkit.methods.iciia.report import metrics_table
-
-        return metrics_table(metrics)
-
     def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
         from toolkit.methods.iciia.export import recipe_programs
 
