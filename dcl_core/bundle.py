@@ -55,7 +55,8 @@ class Validation:
     passed: bool
     reason: str = ""
     max_abs_diff: float | None = None
-    tolerance: float | None = None
+    tolerance: float | None = None  # inference: the absolute part (atol); training: the relative error
+    rtol: float | None = None  # inference: |runtime - pytorch| <= tolerance + rtol * |pytorch| per element
     steps: int | None = None
     # training: per-step losses (runtime and PyTorch) and the worst relative weight error
     loss_runtime: list[float] | None = None

@@ -180,7 +180,8 @@ def _gate_inference(exporter, art, bundle, model, sets, job) -> Validation:
     if not ok:
         return _structural(exporter, art, job, why)
     runner = open_inference(art.format, bundle / art.path, art, threads=1)
-    return _require(validate_inference(model, runner, sets, get_format(art.format).inference_tolerance,
+    fmt = get_format(art.format)
+    return _require(validate_inference(model, runner, sets, fmt.inference_tolerance, rtol=fmt.inference_rtol,
                                        labels=["random"] + [f"given_{i}" for i in range(len(sets) - 1)]), art)
 
 
@@ -213,5 +214,5 @@ def _summary(art: Artifact) -> str:
     if not v.checked:
         return f"{art.bytes:,} B, not run here ({v.reason})"
     if art.kind == "inference":
-        return f"{art.bytes:,} B, max|diff| {v.max_abs_diff:.2e} <= {v.tolerance:g}"
+        return f"{art.bytes:,} B, max|diff| {v.max_abs_diff:.2e} (bound {v.tolerance:g} + {v.rtol or 0:g}|ref|)"
     return f"{art.bytes:,} B, {v.steps} steps, loss rel {v.max_rel_loss_diff:.1e}, weights rel {v.max_rel_weight_diff:.1e}"

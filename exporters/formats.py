@@ -48,7 +48,7 @@ class Format:
     aliases: tuple[str, ...]  # other names users type (the runtime's name, its file extension)
     exporter: str  # "module:Class" of the Exporter
     runner: str  # module with open_inference(path, artifact, threads) / open_training(...)
-    inference_tolerance: float  # max |runtime - pytorch| the gate accepts
+    inference_tolerance: float  # the gate's absolute part: |runtime - pytorch| <= this + inference_rtol * |pytorch|
     training_tolerance: float  # relative loss and weight error the gate accepts
     # sys.platform values whose Python bindings can run the artifacts (the gate and the host
     # profiler run them there; elsewhere the artifact is validated structurally)
@@ -61,6 +61,9 @@ class Format:
     native_noise: tuple[str, ...] = ()  # regexes of the native lines its libraries write to fd 2
     android_tool: AndroidTool | None = None  # required when "android" is in devices
     runs_where: str = ""  # how to run it when the host cannot, for error messages
+    # the gate's relative part, per element: float32 programs with large outputs (a 1280-wide
+    # feature with values near 20) differ from PyTorch by more than any fixed absolute bound
+    inference_rtol: float = 1e-5
     # why its training artifacts cannot run from Python even where its inference can ("" if they can)
     no_host_training: str = ""
 
@@ -99,6 +102,7 @@ def check_format(f: Format) -> None:
         need(bool(getattr(f, field)), field, "must not be empty")
     need(":" in f.exporter, "exporter", "must be 'module:Class'")
     need(f.inference_tolerance > 0 and f.training_tolerance > 0, "inference_tolerance", "must be > 0")
+    need(0 <= f.inference_rtol < 1e-2, "inference_rtol", "must be in [0, 0.01)")
     for field in ("host_platforms", "devices", "packages", "loggers"):
         need(bool(getattr(f, field)), field, "must name at least one")
     need(f.demo_app in DEMO_APPS and f.demo_app in f.devices, "demo_app", f"must be one of {DEMO_APPS} and in devices")

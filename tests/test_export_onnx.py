@@ -78,6 +78,11 @@ def test_gate_passes_inference_and_training(bundles, key):
     assert (inference.kind, training.kind) == ("inference", "training")
     assert inference.validation.checked and inference.validation.passed
     assert inference.validation.max_abs_diff <= 1e-4
+    # both parts of the bound, as the format's descriptor states them, are in the manifest
+    from exporters.formats import get_format
+
+    fmt = get_format("onnx")
+    assert (inference.validation.tolerance, inference.validation.rtol) == (fmt.inference_tolerance, fmt.inference_rtol)
     v = training.validation
     assert v.checked and v.passed and v.steps >= 10
     assert v.max_rel_loss_diff <= 1e-4 and v.max_rel_weight_diff <= 1e-4
