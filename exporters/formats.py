@@ -66,6 +66,9 @@ class Format:
     inference_rtol: float = 1e-5
     # why its training artifacts cannot run from Python even where its inference can ("" if they can)
     no_host_training: str = ""
+    # module of a native (C++) runner, as an app links the runtime: locate(), command(),
+    # program_args(); the host profile prefers it to the Python bindings ("" if none)
+    native_runner: str = ""
 
     def __post_init__(self) -> None:
         check_format(self)
@@ -86,6 +89,9 @@ class Format:
 
     def load_runner(self) -> Any:
         return importlib.import_module(self.runner)
+
+    def load_native_runner(self) -> Any | None:
+        return importlib.import_module(self.native_runner) if self.native_runner else None
 
 
 DEMO_APPS = ("android", "ios")
@@ -122,7 +128,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
                "-DEXECUTORCH_BUILD_XNNPACK=ON, target executor_runner from examples/portable/executor_runner)",
                # no warm-up or duration knob: runs+1 executions, the first kept apart
                ("--model_path={model}", "--num_executions={runs_plus_one}", "--cpu_threads={threads}"),
-               "executor_runner", logcat_tag="ExecuTorch")),
+               "executor_runner", logcat_tag="ExecuTorch"),
+           native_runner="exporters.executorch.native"),
     Format("onnx", "ONNX Runtime", ("onnxruntime", "ort"), "exporters.onnx.exporter:OnnxExporter",
            "exporters.onnx.runner", 1e-4, 1e-4, ("linux", "darwin", "win32"), ("android", "ios"), "android",
            ("onnx", "onnxscript", "onnxruntime-training"), "#ff7f0e", loggers=("onnxscript", "onnx_ir"),

@@ -28,7 +28,7 @@ _SOURCE_RE = re.compile(r"^(?:(?:measured|estimated):[a-z0-9][a-z0-9_.-]*|unavai
 WALL_CLOCK = "measured:wall-clock"      # time.perf_counter around each call (host)
 TOOL_REPORTED = "measured:tool"         # the on-device tool's own timer (benchmark_model, ...)
 RU_MAXRSS = "measured:ru_maxrss"        # getrusage peak RSS of a fresh process (host)
-VMHWM = "measured:vmhwm"                # /proc/PID/status VmHWM of the tool process (Android)
+VMHWM = "measured:vmhwm"                # /proc/PID/status VmHWM of the tool process (Android, native runner)
 FILE_SIZE = "measured:file-size"
 POWER_RAILS = "measured:power-rails"    # on-device power monitors (ODPM) via the PowerStats HAL
 BATTERY = "measured:battery"            # battery current x voltage sampled from sysfs
@@ -320,7 +320,7 @@ class Profile:
     drift: Drift | None = None
 
 
-def _batch_size(batch: dict[str, np.ndarray]) -> int:
+def batch_size_of(batch: dict[str, np.ndarray]) -> int:
     first = next(iter(batch.values()))
     return int(first.shape[0]) if getattr(first, "ndim", 0) else 1
 
@@ -353,7 +353,7 @@ def profile_training(open_runner: Callable[[], Any], batch: dict[str, np.ndarray
     runner = open_runner()
     load_s = time.perf_counter() - t
     timing = time_runs(lambda: runner.train_step(batch), runs, min_duration_s, warmup, max_duration_s, load_s)
-    bs = batch_size or _batch_size(batch)
+    bs = batch_size or batch_size_of(batch)
     drift = run_sustained(lambda: runner.train_step(batch), sustained_s) if sustained_s > 0 else None
     return Profile("training", timing, _energy(timing, target, "training step"), batch_size=bs,
                    per_sample_s=timing.runs.mean_s / bs, drift=drift)

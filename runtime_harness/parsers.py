@@ -285,6 +285,41 @@ def parse_executor_runner(text: str) -> ToolTimings:
     return t
 
 
+@dataclass
+class NativeRunnerOutput:
+    """dcl's native ExecuTorch runner (exporters/executorch/native): executor_runner's timing lines
+    plus its own DCL- records."""
+
+    timings: ToolTimings
+    warmup_s: list[float] = field(default_factory=list)
+    cpu_s: float | None = None  # process CPU time over the measured runs (all threads)
+    wall_s: float | None = None  # wall time over the measured runs
+    rss_base_kb: int | None = None  # before loading (after the peak mark was reset)
+    rss_peak_kb: int | None = None  # the peak after loading and every run
+    rss_how: str = ""  # hwm-reset (Linux /proc) or ru_maxrss
+    losses: list[float] = field(default_factory=list)  # training: every step's loss, in order
+    params: list[tuple[str, list[int]]] = field(default_factory=list)  # training: name, shape
+    outputs: list[tuple[str, list[int]]] = field(default_factory=list)  # inference: dtype, shape
+
+
+def _shape(text: str) -> list[int]:
+    return [int(d) for d in text.split(",") if d]
+
+
+def parse_dcl_et_runner(text: str) -> NativeRunnerOutput:
+    out = NativeRunnerOutput(parse_executor_runner(text))
+    out.timings.tool = "dcl_et_runner"
+    out.warmup_s = [float(x) * 1e-3 for x in re.findall(rf"^DCL-WARMUP \d+ ({_NUM})$", text, re.M)]
+    out.cpu_s, out.wall_s = _f(rf"^DCL-CPU ({_NUM})$", text, re.M), _f(rf"^DCL-WALL ({_NUM})$", text, re.M)
+    m = re.search(r"^DCL-RSS (\d+) (\d+) ([\w-]+)$", text, re.M)
+    if m:
+        out.rss_base_kb, out.rss_peak_kb, out.rss_how = int(m.group(1)), int(m.group(2)), m.group(3)
+    out.losses = [float(v) for v in re.findall(rf"^DCL-LOSS \d+ ({_NUM}|nan|-?inf)$", text, re.M)]
+    out.params = [(n, _shape(d)) for n, d in re.findall(r"^DCL-PARAM \d+ (\S+) ([\d,]*)$", text, re.M)]
+    out.outputs = [(t, _shape(d)) for t, d in re.findall(r"^DCL-OUTPUT \d+ (\w+) ([\d,]*)$", text, re.M)]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The harness's own on-device wrapper (runtime_harness/devices/adb.py writes it)
 

@@ -1,8 +1,11 @@
 """`dcl profile`: measure every artifact of a bundle on the host or an adb device.
 
-Host: each artifact runs in its runtime's Python bindings (latency loop, fresh-process peak RSS,
-energy `estimated:model` since the host has no power counters), plus PyTorch eager on the same
-program as the baseline for ratios, when the caller hands one in per program (`Baseline`: the
+Host: a format with a native runner (ExecuTorch: dcl_et_runner, the C++ runtime as an app links it)
+runs there by default, so load time and peak memory are the runtime's own; `python_bindings`
+(`dcl profile --python-bindings`) measures through the Python bindings instead, labelled so.
+Other formats run in their Python bindings (latency loop, fresh-process peak RSS); the runtime is
+imported before a load is timed, so "load" is the artifact's alone. Energy is `estimated:model`
+(the host has no power counters). PyTorch eager on the same program is the baseline for ratios, when the caller hands one in per program (`Baseline`: the
 harness reads bundles, never run directories; the CLI asks the run's method for them).
 adb: inference artifacts run with the runtime's official command-line tool on the device.
 Training artifacts on Android need the demo app's entry point (not built yet) and are reported
@@ -18,7 +21,7 @@ import numpy as np
 from torch import nn
 
 from dcl_core.bundle import Artifact, Program, load_manifest
-from dcl_core.errors import DeviceError
+from dcl_core.errors import BundleError, DeviceError
 from dcl_core.outputs import check_destination
 from exporters.formats import get_format, tool_versions
 from exporters.reference import PyTorchInference, PyTorchTraining
@@ -49,6 +52,7 @@ class ProfilePlan:
     threads: int = 1
     sustained_s: float = 0.0
     warmup: int = 3
+    python_bindings: bool = False  # measure formats that have a native runner through Python instead
 
 
 def num_classes(program: Program) -> int:
@@ -74,12 +78,20 @@ def synthetic_inputs(art: Artifact, classes: int, seed: int = 0) -> dict[str, np
     return out
 
 
-def _host_artifact(bundle: Path, art: Artifact, plan: ProfilePlan, target, classes: int) -> ArtifactResult:
+def _host_artifact(bundle: Path, art: Artifact, plan: ProfilePlan, target, classes: int, log=print) -> ArtifactResult:
     path = bundle / art.path
-    ok, why = get_format(art.format).runs_here(art.kind)
+    fmt = get_format(art.format)
+    ok, why = fmt.runs_here(art.kind)
     if not ok:
         return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes, f"not runnable here: {why}")
     inputs = synthetic_inputs(art, classes)
+    native = fmt.load_native_runner() if not plan.python_bindings else None
+    if native is not None:
+        found = native.locate()
+        if found.binary is not None:
+            return _native_artifact(path, art, plan, target, inputs)
+        log(f"    {found.why}; measuring {fmt.display} through its Python bindings")
+    fmt.load_runner()  # imports the runtime now: the timed load below is the artifact's alone
     opener: Callable = open_inference if art.kind == "inference" else open_training
     open_runner = lambda: opener(art.format, path, art, plan.threads)  # noqa: E731
     if art.kind == "inference":
@@ -90,6 +102,19 @@ def _host_artifact(bundle: Path, art: Artifact, plan: ProfilePlan, target, class
                                         target, sustained_s=plan.sustained_s)
     rss = peak_rss_of_artifact(art.format, path, dataclasses.asdict(art), art.kind, plan.threads)
     return ArtifactResult.from_profile(art.name, art.format, art.kind, art.sha256, art.bytes, prof, rss, plan.threads)
+
+
+def _native_artifact(path: Path, art: Artifact, plan: ProfilePlan, target, inputs) -> ArtifactResult:
+    from runtime_harness.devices.native import NativePlan, profile_native
+
+    warmup = plan.warmup if art.kind == "inference" else min(plan.warmup, 2)
+    try:
+        prof, rss, runtime = profile_native(path, art, inputs, NativePlan(plan.runs, warmup, plan.min_duration_s,
+                                                                          plan.threads), target, plan.sustained_s)
+    except BundleError as e:
+        return ArtifactResult.failed(art.name, art.format, art.kind, art.sha256, art.bytes, str(e))
+    return ArtifactResult.from_profile(art.name, art.format, art.kind, art.sha256, art.bytes, prof, rss, plan.threads,
+                                       runtime)
 
 
 def _eager_results(program: Program, base: Baseline, plan: ProfilePlan, target) -> list[ArtifactResult]:
@@ -135,7 +160,7 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
             for art in program.artifacts:
                 log(f"  profiling {art.name} ({art.format} {art.kind}) on {info.kind}")
                 if device == "host":
-                    results.artifacts.append(_host_artifact(bundle, art, plan, target, num_classes(program)))
+                    results.artifacts.append(_host_artifact(bundle, art, plan, target, num_classes(program), log))
                 else:
                     results.artifacts.append(_adb_artifact(adb, bundle, art, plan))
             base = (baselines or {}).get(program.name)

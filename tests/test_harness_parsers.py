@@ -11,6 +11,7 @@ from runtime_harness.parsers import (
     parse_adb_devices,
     parse_adb_version,
     parse_benchmark_model,
+    parse_dcl_et_runner,
     parse_dumpsys_battery,
     parse_executor_runner,
     parse_getprop,
@@ -94,6 +95,25 @@ def test_executor_runner_android_logcat_total_only():
     t = parse_executor_runner(read("executor_runner_logcat_pixel8.txt"))
     assert t.n == 51 and t.mean_s == pytest.approx(123.456e-3 / 51)
     assert t.samples_s == [] and t.latency().p50_s is None
+
+
+def test_dcl_et_runner_training_output():
+    o = parse_dcl_et_runner(read("dcl_et_runner_train_host.txt"))
+    t = o.timings
+    assert t.tool == "dcl_et_runner" and t.init_s == pytest.approx(5.6137e-3)
+    assert t.first_s == pytest.approx(35.3442e-3) and len(t.samples_s) == 3 and t.n == 3
+    assert t.samples_s[-1] == pytest.approx(32.3539e-3)
+    assert o.warmup_s == [pytest.approx(32.9319e-3)]
+    assert o.cpu_s == pytest.approx(0.095595) and o.wall_s == pytest.approx(0.095613)
+    assert (o.rss_base_kb, o.rss_peak_kb, o.rss_how) == (4976, 25932, "hwm-reset")
+    assert o.losses[:2] == [pytest.approx(5.70217466), pytest.approx(5.43588591)] and len(o.losses) == 5
+    assert len(o.params) == 23 and o.params[0] == ("model.f_d.features.0.0.weight", [8, 1, 3, 3])
+    assert o.params[-1] == ("model.f_d.classifier.bias", [20]) and o.outputs == []
+
+
+def test_dcl_et_runner_on_noise_is_empty():
+    o = parse_dcl_et_runner("I 00:00:00.000524 executorch:cpuinfo_utils.cpp:71] Reading file\nDCL-RSS x y z\n")
+    assert o.timings.samples_s == [] and o.rss_peak_kb is None and o.losses == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,13 +238,15 @@ def serve_cmd(method: str, args: tuple[str, ...]) -> None:
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--sustained", type=FiniteFloatRange(0, 24 * 3600), default=0.0,
               help="Also run each artifact this many seconds and report drift.")
+@click.option("--python-bindings", is_flag=True,
+              help="Host: measure ExecuTorch through its Python bindings instead of the native runner.")
 @click.option("--out", default=None, help="Folder for results.json and report.html (default: BUNDLE_DIR/profile-<device>).")
 @click.option("--html", "html_path", default=None, help="Also copy the HTML report here.")
 @click.option("--compare", nargs=2, default=None, metavar="A.json B.json", help="Show two results side by side as ratios.")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
 def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float, threads: int, sustained: float,
-                out: str | None, html_path: str | None, compare: tuple[str, str] | None, force: bool,
+                python_bindings: bool, out: str | None, html_path: str | None, compare: tuple[str, str] | None, force: bool,
                 as_json: bool) -> None:
     """Measure latency, memory and energy of every artifact in a bundle."""
     import shutil
@@ -266,7 +268,7 @@ def profile_cmd(bundle_dir: str | None, device: str, runs: int, duration: float,
     if html_path:
         _check_file_output(Path(html_path), force)
     manifest = load_manifest(bundle_dir)  # sha256-verified: a corrupt bundle stops here
-    res = profile_bundle(bundle_dir, device, out_dir, ProfilePlan(runs, duration, threads, sustained),
+    res = profile_bundle(bundle_dir, device, out_dir, ProfilePlan(runs, duration, threads, sustained, python_bindings=python_bindings),
                          baselines=_baselines(manifest), force=force, log=_log(as_json))
     if html_path:
         shutil.copyfile(out_dir / "report.html", html_path)

@@ -8,6 +8,9 @@ be read and replaced without running a throwaway forward/backward first. Gradien
 offsets and names come from the program's own `__et_training_*` metadata methods, as the C++
 TrainingModule on a phone reads them.
 
+The runtime is imported with this module (not when an artifact opens), so a timed load is the
+artifact's load alone. Without Python, the same runtime runs as `native/` (dcl_et_runner).
+
 Threads: XNNPACK (inference) uses the runtime's process-wide thread pool, resized to `threads`;
 the portable kernels of the training program are single-threaded whatever `threads` says.
 """
@@ -18,6 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from executorch.extension.pybindings.portable_lib import (
+    _load_program,
+    _threadpool_get_thread_count,
+    _unsafe_reset_threadpool,
+)
+from executorch.extension.training import get_sgd_optimizer
+from executorch.runtime import Runtime
 
 from dcl_core.bundle import Artifact, TensorSpec
 from dcl_core.errors import BundleError
@@ -30,12 +40,12 @@ _FQN = "__et_training_fqn_"
 
 
 def open_inference(path: Path, art: Artifact, threads: int) -> InferenceRunner:
-    program, data = _files(path, art)
+    program, data = artifact_files(path, art)
     return ExecuTorchInference(program, data, art, threads)
 
 
 def open_training(path: Path, art: Artifact, threads: int) -> TrainingRunner:
-    program, data = _files(path, art)
+    program, data = artifact_files(path, art)
     return ExecuTorchTraining(program, data, art, threads)
 
 
@@ -43,8 +53,6 @@ class ExecuTorchInference(InferenceRunner):
     format = "executorch"
 
     def __init__(self, program: Path, data: Path | None, art: Artifact, threads: int):
-        from executorch.runtime import Runtime
-
         _set_threads(threads)
         loaded = Runtime.get().load_program(program, data_path=data)
         self._method = loaded.load_method(art.details.get("method", "forward"))
@@ -59,9 +67,6 @@ class ExecuTorchTraining(TrainingRunner):
     format = "executorch"
 
     def __init__(self, program: Path, data: Path | None, art: Artifact, threads: int):
-        from executorch.extension.pybindings.portable_lib import _load_program
-        from executorch.extension.training import get_sgd_optimizer
-
         _set_threads(threads)
         name = art.details.get("method", "forward")
         self._program = _load_program(str(program), data_path=str(data) if data else None)
@@ -134,7 +139,7 @@ class ExecuTorchTraining(TrainingRunner):
         return {self._to_torch[n]: g.detach().numpy().copy() for n, g in self._grads.items()}
 
 
-def _files(path: Path, art: Artifact) -> tuple[Path, Path | None]:
+def artifact_files(path: Path, art: Artifact) -> tuple[Path, Path | None]:
     """The .pte and optional .ptd: `path` is the .pte itself, or a folder holding both."""
     if path.is_file():
         return path, None
@@ -153,11 +158,6 @@ def _tensors(inputs: dict[str, np.ndarray], specs: list[TensorSpec]) -> list[tor
 
 
 def _set_threads(threads: int) -> None:
-    from executorch.extension.pybindings.portable_lib import (
-        _threadpool_get_thread_count,
-        _unsafe_reset_threadpool,
-    )
-
     # process-wide and unsafe while a method runs: runners here are used one at a time
     if threads > 0 and _threadpool_get_thread_count() != threads:
         _unsafe_reset_threadpool(threads)
