@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dcl_core.bundle import Artifact  # noqa: E402
 from exporters.api import ProgramSpec, _random_like, export  # noqa: E402
 from exporters.base import ExportJob, get_exporter  # noqa: E402
 from exporters.reference import PyTorchInference  # noqa: E402
+from exporters.formats import get_format  # noqa: E402
 from exporters.runner import open_inference  # noqa: E402
 from runtime_harness import metrics  # noqa: E402
+from runtime_harness.devices.native import NativePlan, profile_native  # noqa: E402
 from toolkit.data.sources import load_foolbox_images  # noqa: E402
 from toolkit.methods.iciia.config import load_config  # noqa: E402
 from toolkit.methods.iciia.export import BACKBONE, CLASSIFIER, INPUT_NAMES, OUTPUT_NAMES  # noqa: E402
@@ -133,6 +137,14 @@ def export_ungated(spec: ProgramSpec, fmt: str, bundle: Path):
                             f"{float(r.abs().max()):.3g}")
     return art, {"max_abs_diff": worst[0], "worst": worst[1],
                  "per_output": {k: float(f"{v:.3g}") for k, v in per_output.items()}}
+
+
+@dataclass
+class NativeProgram:
+    """An artifact the round loop runs in its format's native runner (a process per round)."""
+
+    path: Path
+    artifact: Artifact
 
 
 def main() -> None:
@@ -225,6 +237,9 @@ def main() -> None:
                           f"{detail['worst']}; per output {detail['per_output']}", flush=True)
                 openers.setdefault(fmt, {})[spec.name] = (
                     lambda f=fmt, pth=where / art.path, ar=art: open_inference(f, pth, ar, 1))
+                if get_format(fmt).load_native_runner() is not None:  # also as an app runs it, without Python
+                    openers.setdefault(f"{fmt} (native)", {})[spec.name] = (
+                        lambda pth=where / art.path, ar=art: NativeProgram(pth, ar))
         export_s = time.perf_counter() - t0
 
         # (c) latency: every runner opened once, then interleaved rounds of short profiles
@@ -236,7 +251,12 @@ def main() -> None:
             timed[rt] = {n: {"samples_s": [], "round_p50_s": [], "round_cpu_s": []} for n in runners}
             for _ in range(args.rounds):
                 for n, runner in runners.items():
-                    prof = metrics.profile_inference(lambda r=runner: r, feeds[n], args.runs, args.seconds, warmup=0)
+                    if isinstance(runner, NativeProgram):  # one runner process per round: its own timings
+                        prof, _, _ = profile_native(runner.path, runner.artifact, feeds[n], NativePlan(
+                            runs=args.runs, warmup=1, min_duration_s=args.seconds), None)
+                    else:
+                        prof = metrics.profile_inference(lambda r=runner: r, feeds[n], args.runs, args.seconds,
+                                                         warmup=0)
                     timed[rt][n]["samples_s"] += prof.timing.samples_s
                     timed[rt][n]["round_p50_s"].append(prof.timing.runs.p50_s)
                     timed[rt][n]["round_cpu_s"].append(prof.timing.cpu_per_run_s)

@@ -1,5 +1,6 @@
 """Benchmarks, all measured in one run at 1 thread: export time, inference latency, and each
-runtime's training step at batch 1, 8 and 32 as a ratio to PyTorch eager and to ONNX Runtime;
+runtime's training step at batch 1, 8 and 32 as a ratio to PyTorch eager and to ONNX Runtime
+(ExecuTorch twice: through its Python bindings, and as "executorch (native)" in the C++ runner);
 load time apart from the first run and from the runtime's Python imports. Prints tables and
 writes bench/results.json. Nothing here is a pass/fail test: it reports what it measured.
 
@@ -26,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dcl_core.bundle import Manifest  # noqa: E402
 from exporters.api import export_model  # noqa: E402
 from exporters.reference import PyTorchInference, PyTorchTraining  # noqa: E402
+from exporters.formats import get_format  # noqa: E402
 from exporters.runner import open_inference, open_training  # noqa: E402
 from runtime_harness import metrics  # noqa: E402
+from runtime_harness.devices.native import NativePlan, profile_native  # noqa: E402
 from toolkit.methods.dcccl.config import load_config  # noqa: E402
 from toolkit.methods.dcccl.export import training_spec  # noqa: E402
 from toolkit.methods.dcccl.model import build_models, device_program  # noqa: E402
@@ -102,8 +105,22 @@ def bench_model(label: str, make, batches: tuple[int, ...], runs: int, seconds: 
                 t = metrics.profile_training(lambda: open_training(a.format, path, a, 1), train, runs, seconds).timing
                 rows.append(_timing_row(label, batch, a, t, eager_tr, export_s))
                 rows[-1]["import_s"] = cold_import_s(a.format, path, out)
+            native = native_timing(a, path, inf_in if a.kind == "inference" else train, runs, seconds)
+            if native is not None:
+                rows.append(_timing_row(label, 1 if a.kind == "inference" else batch, a, native,
+                                        eager_inf if a.kind == "inference" else eager_tr, None))
+                rows[-1]["format"] = f"{a.format} (native)"
     _add_ratio_vs_ort(rows)
     return rows
+
+
+def native_timing(a, path: Path, inputs: dict, runs: int, seconds: float) -> metrics.TimingResult | None:
+    """The same artifact in its format's native runner (ExecuTorch: dcl_et_runner), timed by the
+    runner itself; None for formats without one."""
+    if get_format(a.format).load_native_runner() is None:
+        return None
+    profile, _, _ = profile_native(path, a, inputs, NativePlan(runs=runs, warmup=3, min_duration_s=seconds), None)
+    return profile.timing
 
 
 def cold_import_s(fmt: str, path: Path, bundle: Path) -> float | None:

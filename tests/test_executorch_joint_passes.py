@@ -89,3 +89,39 @@ def test_batch_statistics_batchnorm_passes_the_gate_at_batch_32(tmp_path):
     v = m.artifact("model_executorch_train").validation
     # before the rewrite: loss rel 2.4e-7, weights rel 1.0e-5; after: 8.2e-8, 1.8e-6 (measured)
     assert v.passed and v.max_rel_weight_diff < 5e-6 and v.max_rel_loss_diff < 2e-7, v
+
+
+def _hardswish_grid() -> torch.Tensor:
+    """Both boundaries, their float32 neighbours, the middle and far outside."""
+    edges = torch.tensor([-3.0, 3.0])
+    up, down = torch.nextafter(edges, torch.tensor(10.0)), torch.nextafter(edges, torch.tensor(-10.0))
+    return torch.cat([edges, up, down, torch.linspace(-8, 8, 4001), torch.tensor([0.0, -0.0, 1e20, -1e20, 1.5])])
+
+
+def test_hardswish_backward_rewrite_is_bit_exact():
+    from torch._decomp import decomposition_table
+
+    from exporters.executorch.joint_passes import _hardswish_backward
+
+    x = _hardswish_grid()
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    reference = decomposition_table[torch.ops.aten.hardswish_backward.default](grad, x)
+    assert torch.equal(_hardswish_backward(grad, x), reference)
+    leaf = x.clone().requires_grad_()
+    (eager,) = torch.autograd.grad(nn.functional.hardswish(leaf), leaf, grad)  # PyTorch's own kernel
+    assert torch.equal(_hardswish_backward(grad, x), eager)
+
+
+def test_joint_graph_hardswish_backward_has_no_comparisons_left():
+    from exporters.executorch import exporter as et
+    from exporters.spec import TrainingSpec, loss_fn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Hardswish(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    spec = TrainingSpec(trainable=["*"], loss="cross_entropy", lr=0.1, batch_size=4)
+    copy, _ = et._training_copy(model, spec)
+    joint = et._joint_graph(et._LossModule(copy, loss_fn(spec.loss), et._running_stats(copy)),
+                            (torch.rand(4, 1, 8, 8) * 8 - 4, torch.tensor([0, 1, 2, 0])))
+    targets = {n.target for n in joint.graph.nodes}
+    assert torch.ops.aten.le.Scalar not in targets and torch.ops.aten.lt.Scalar not in targets
+    assert torch.ops.aten.clamp.default in targets  # the rewrite is there, not just the old nodes gone

@@ -8,6 +8,7 @@ way when asked for (`dump`).
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class NativePlan:
     min_duration_s: float = 0.0
     threads: int = 1
     timeout_s: float = 900.0
+    extra_args: tuple[str, ...] = ()  # passed through, e.g. "--etdump=<file>" (bench/et_training_profile.py)
 
 
 @dataclass
@@ -64,7 +66,7 @@ def run_native(path: Path, art: Artifact, inputs: dict[str, np.ndarray], plan: N
             value.tofile(file)  # raw, in the dtype and order the artifact declares
             args.append(f"--input={file}")
         args += [f"--runs={plan.runs}", f"--warmup={plan.warmup}", f"--min-secs={plan.min_duration_s:g}",
-                 f"--threads={plan.threads}"]
+                 f"--threads={plan.threads}", *plan.extra_args]
         if dump:
             args.append(f"--dump={tmp}")
         argv, env = native.command(found.binary, args)
@@ -102,7 +104,7 @@ def profile_native(path: Path, art: Artifact, inputs: dict[str, np.ndarray], pla
     """Latency, load, CPU-time energy estimate and peak memory of one artifact, all from the runner
     process. With `sustained_s`, the timed runs last at least that long and their drift is kept."""
     if sustained_s > 0:
-        plan = NativePlan(plan.runs, plan.warmup, max(plan.min_duration_s, sustained_s), plan.threads, plan.timeout_s)
+        plan = dataclasses.replace(plan, min_duration_s=max(plan.min_duration_s, sustained_s))
     run = run_native(path, art, inputs, plan)
     o, t = run.output, run.output.timings
     note = f"per-run times from {t.tool}'s own steady clock"

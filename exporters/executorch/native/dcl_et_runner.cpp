@@ -16,12 +16,14 @@
 //   DCL-LOSS <step> <value>                  training: the loss of each step, in order
 //   DCL-PARAM <i> <name> <d0,d1,...>         training: the parameters, in the dumped order
 //   DCL-OUTPUT <i> <dtype> <d0,d1,...>       inference: the outputs of the last run
+// --etdump=FILE also writes the runtime's per-operator profile (ETDump) of every run.
 // Errors: one line "DCL-ERROR <what>" on stderr and exit status 2 (bad arguments, files) or 3
 // (the runtime refused the program).
 //
 // Portable by intent (Linux x86-64 and ARM64, Android): no intrinsics, no x86 assumptions; the
 // memory figures come from /proc when it exists and from getrusage otherwise.
 
+#include <executorch/devtools/etdump/etdump_flatcc.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/core/exec_aten/util/scalar_type_util.h>
@@ -70,7 +72,7 @@ const char* kFqn = "__et_training_fqn_";
 }
 
 struct Args {
-  std::string model, data, method = "forward", mode = "infer", dump;
+  std::string model, data, method = "forward", mode = "infer", dump, etdump;
   std::vector<std::string> inputs;
   long runs = 10, warmup = 3, threads = 1;
   double min_secs = 0.0;
@@ -105,6 +107,7 @@ Args parse(int argc, char** argv) {
     else if (key == "--mode") a.mode = value;
     else if (key == "--input") a.inputs.push_back(value);
     else if (key == "--dump") a.dump = value;
+    else if (key == "--etdump") a.etdump = value;
     else if (key == "--runs") a.runs = count(key, value, 1, 1000000);
     else if (key == "--warmup") a.warmup = count(key, value, 0, 1000000);
     else if (key == "--threads") a.threads = count(key, value, 1, 256);
@@ -279,7 +282,16 @@ int main(int argc, char** argv) {
   // planned memory, not in the mapped file.
   auto t_load = Clock::now();
   auto mode = Module::LoadMode::Mmap;
-  Module module = a.data.empty() ? Module(a.model, mode) : Module(a.model, a.data, mode);
+  // --etdump: the runtime's own per-operator profile (ETDump), read with executorch.devtools.Inspector
+  std::unique_ptr<executorch::runtime::EventTracer> tracer;
+  executorch::etdump::ETDumpGen* etdump = nullptr;
+  if (!a.etdump.empty()) {
+    auto gen = std::make_unique<executorch::etdump::ETDumpGen>();
+    etdump = gen.get();
+    tracer = std::move(gen);
+  }
+  Module module = a.data.empty() ? Module(a.model, mode, std::move(tracer))
+                                 : Module(a.model, a.data, mode, std::move(tracer));
   if (module.load() != Error::Ok) die(3, "cannot load program " + a.model + " (missing, corrupt or not an ExecuTorch program)");
   if (module.load_method(a.method) != Error::Ok) die(3, "cannot load method '" + a.method + "' of " + a.model);
   auto meta = module.method_meta(a.method);
@@ -345,6 +357,13 @@ int main(int argc, char** argv) {
       std::printf("DCL-OUTPUT %zu %s %s\n", i, executorch::runtime::toString(o.scalar_type()), dims(o).c_str());
       if (!a.dump.empty()) write_tensor(a.dump + "/output_" + std::to_string(i) + ".bin", o);
     }
+  }
+  if (etdump != nullptr) {
+    auto result = etdump->get_etdump_data();
+    std::ofstream f(a.etdump, std::ios::binary);
+    if (result.buf == nullptr || !f.write(static_cast<const char*>(result.buf), static_cast<std::streamsize>(result.size)))
+      die(2, "cannot write the ETDump to " + a.etdump);
+    std::free(result.buf);
   }
   std::fflush(stdout);
   return 0;
