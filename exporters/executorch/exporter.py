@@ -1,6 +1,7 @@
 """ExecuTorch: an XNNPACK-delegated inference program and an on-device training program.
 
-Inference: torch.export -> to_edge_transform_and_lower(XNNPACK) -> to_executorch().
+Inference: torch.export -> rewrites that keep ops on XNNPACK (inference_passes.py) ->
+to_edge_transform_and_lower(XNNPACK) -> to_executorch().
 Training: the model wrapped so forward(*inputs, y) returns the loss first, the joint
 forward/backward graph from `_export_forward_backward`; the part computed from inputs and frozen
 weights only is delegated to XNNPACK, the rest (trainable forward, backward) runs on the CPU
@@ -24,6 +25,7 @@ from dcl_core.bundle import Artifact, TensorSpec
 from dcl_core.errors import ExportError
 from exporters.base import Exporter, ExportJob
 from exporters.executorch.conv_rewrites import rewrite_trainable_convs
+from exporters.executorch.inference_passes import EDGE_PASSES, layer_norm_as_pooling
 from exporters.executorch.joint_passes import rewrite_joint_graph
 from exporters.reference import set_train_modes
 from exporters.spec import TrainingSpec, loss_fn
@@ -39,12 +41,12 @@ class ExecuTorchExporter(Exporter):
     def export_inference(self, job: ExportJob) -> Artifact:
         model = job.model.eval()
         with _stage("torch.export of the inference model"):
-            ep = torch.export.export(model, job.inputs)
+            ep = layer_norm_as_pooling(torch.export.export(model, job.inputs))
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
         with _stage("lowering to XNNPACK"):
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            edge = to_edge_transform_and_lower(ep, transform_passes=EDGE_PASSES, partitioner=[XnnpackPartitioner()])
         portable = _undelegated_ops(edge.exported_program())  # before emission rewrites ops to out variants
         with _stage("emitting the ExecuTorch program"):
             program = edge.to_executorch()

@@ -4,7 +4,9 @@ Built with CMake against the executorch wheel's own `include/`, `share/cmake` an
 ExecuTorch source checkout): `python -m exporters.executorch.native` (the set-up runs it). The
 binary is cached outside the work tree, in a folder named by the hash of what it is built from
 (this folder's sources, the executorch version, the machine), so a fresh clone with the same pins
-reuses it. It carries no run path: whoever starts it puts the wheel's `lib/` on the library path
+reuses it. The same sources cross-compile for another architecture (`Toolchain`: aarch64 with
+Debian's g++-aarch64-linux-gnu against the aarch64 executorch wheel; the arm64 device builds it).
+It carries no run path: whoever starts it puts the wheel's `lib/` on the library path
 (`command()`), so one binary serves every virtual environment with the same executorch.
 
 What it prints and how it trains: see dcl_et_runner.cpp. The harness runs and parses it
@@ -43,16 +45,40 @@ def wheel_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def build_key() -> str:
+@dataclass(frozen=True)
+class Toolchain:
+    """What the runner is built for: an architecture, the executorch package of that
+    architecture (its headers and libraries) and the C++ compiler that targets it."""
+
+    arch: str  # platform.machine() spelling: x86_64, aarch64
+    executorch: Path  # the executorch package folder of that architecture
+    compiler: str = "c++"
+
+    @property
+    def cross(self) -> bool:
+        return self.arch != platform.machine()
+
+
+def host_toolchain() -> Toolchain:
+    return Toolchain(platform.machine(), wheel_dir())
+
+
+def cross_toolchain(arch: str, executorch: Path) -> Toolchain:
+    """Debian's cross compiler for `arch` (g++-aarch64-linux-gnu), against that arch's wheel."""
+    return Toolchain(arch, executorch, f"{arch}-linux-gnu-g++")
+
+
+def build_key(tc: Toolchain | None = None) -> str:
+    tc = tc or host_toolchain()
     h = hashlib.sha256()
     for name in SOURCES:
         h.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes() + b"\0")
-    h.update(f"executorch=={metadata.version('executorch')}|{sys.platform}|{platform.machine()}".encode())
+    h.update(f"executorch=={metadata.version('executorch')}|{sys.platform}|{tc.arch}|{tc.compiler}".encode())
     return h.hexdigest()[:16]
 
 
-def binary_path() -> Path:
-    return build_cache_dir() / "dcl_et_runner" / build_key() / BINARY
+def binary_path(tc: Toolchain | None = None) -> Path:
+    return build_cache_dir() / "dcl_et_runner" / build_key(tc) / BINARY
 
 
 @dataclass(frozen=True)
@@ -61,39 +87,44 @@ class Located:
     why: str = ""  # why there is none
 
 
-def locate() -> Located:
-    """The built runner for the installed executorch, or why there is none (one line)."""
-    path = binary_path()
+def locate(tc: Toolchain | None = None) -> Located:
+    """The built runner (for this machine, or for `tc`), or why there is none (one line)."""
+    path = binary_path(tc)
     if path.is_file() and os.access(path, os.X_OK):
         return Located(path)
+    arch = tc.arch if tc else platform.machine()
     return Located(None, f"the native ExecuTorch runner is not built for executorch "
-                         f"{metadata.version('executorch')} ({path} is missing); run `make setup`")
+                         f"{metadata.version('executorch')} on {arch} ({path} is missing); run `make setup`")
 
 
-def command(binary: Path, args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """argv and environment that start the runner against this environment's executorch libraries."""
-    lib = str(wheel_dir() / "lib")
+def command(binary: Path, args: list[str], tc: Toolchain | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that start the runner against its architecture's executorch
+    libraries (for a cross build the caller prefixes its emulator)."""
+    lib = str((tc.executorch if tc else wheel_dir()) / "lib")
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (lib, env.get("LD_LIBRARY_PATH", "")) if p)
     return [str(binary), *args], env
 
 
-def build(log=print) -> Path:
+def build(tc: Toolchain | None = None, log=print) -> Path:
     """Configure and build the runner into the cache (no-op when the keyed binary exists). The
     build happens in a temporary folder beside the target and is renamed into place, so a build
     that fails or is interrupted never leaves a binary that looks usable."""
-    target = binary_path()
+    tc = tc or host_toolchain()
+    target = binary_path(tc)
     if target.is_file():
         return target
-    for tool in ("cmake", "c++"):
+    for tool in ("cmake", tc.compiler):
         if shutil.which(tool) is None:
-            raise ExportError(f"building the native ExecuTorch runner needs {tool}; install it "
-                              "(Debian: apt-get install cmake g++)")
+            raise ExportError(f"building the native ExecuTorch runner needs {tool}; install it (Debian: apt-get "
+                              f"install cmake {'g++-' + tc.arch.replace('_', '-') + '-linux-gnu' if tc.cross else 'g++'})")
     target.parent.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building the native ExecuTorch runner into {target.parent}")
+    log(f"building the native ExecuTorch runner for {tc.arch} into {target.parent}")
+    cross = (["-DCMAKE_SYSTEM_NAME=Linux", f"-DCMAKE_SYSTEM_PROCESSOR={tc.arch}"] if tc.cross else [])
     with tempfile.TemporaryDirectory(dir=target.parent.parent, prefix=".build-") as tmp:
         steps = (["cmake", "-S", str(SOURCE_DIR), "-B", tmp, "-DCMAKE_BUILD_TYPE=Release",
-                  f"-Dexecutorch_DIR={wheel_dir() / 'share' / 'cmake'}"],
+                  f"-DCMAKE_CXX_COMPILER={tc.compiler}", *cross,
+                  f"-Dexecutorch_DIR={tc.executorch / 'share' / 'cmake'}"],
                  ["cmake", "--build", tmp, "--parallel", "2"])
         for argv in steps:
             p = subprocess.run(argv, capture_output=True, text=True)
@@ -110,7 +141,6 @@ def build(log=print) -> Path:
             if not target.is_file():
                 raise
     return target
-
 
 
 def program_args(path: Path, art: Artifact) -> list[str]:

@@ -137,11 +137,14 @@ class StreamingClassifier(nn.Module):
         super().__init__()
         self.extractor = extractor
         self.iciia = iciia
+        # the target token's validity, a constant: as a (non-saved) buffer it is a program constant,
+        # where ones_like would be an op that ExecuTorch's XNNPACK delegate does not take
+        self.register_buffer("target_valid", torch.ones(1), persistent=False)
 
     def forward(self, x: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor):
         feature = self.extractor(x)  # (1, D)
         tokens = torch.cat([feature, history * history_mask.unsqueeze(-1)], dim=0).unsqueeze(0)  # (1, B, D)
-        valid = torch.cat([torch.ones_like(history_mask[:1]), history_mask], dim=0).unsqueeze(0)  # (1, B)
+        valid = torch.cat([self.target_valid, history_mask], dim=0).unsqueeze(0)  # (1, B)
         attended = self.iciia.attend(tokens, valid)[:, 0]  # the target token (1, D)
         return self.iciia.head(attended), feature, attended
 
