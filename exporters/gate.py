@@ -80,28 +80,40 @@ def validate_training(model: nn.Module, spec: TrainingSpec, runner: TrainingRunn
     ref_losses, ref_weights = reference_training(model, spec, batches, target_name, steps)
     rt_losses = [float(runner.train_step({k: _np(v) for k, v in batches[i % len(batches)].items()}))
                  for i in range(steps)]
-    for who, losses in (("PyTorch", ref_losses), ("the runtime", rt_losses)):
+    return compare_training(rt_losses, runner.get_weights(), ref_losses,
+                            {n: _np(w) for n, w in ref_weights.items()}, tolerance, spec.lr)
+
+
+def compare_training(rt_losses: list[float], rt_weights: dict[str, np.ndarray], ref_losses: list[float],
+                     ref_weights: dict[str, np.ndarray], tolerance: float, lr: float | None = None,
+                     reference: str = "PyTorch") -> Validation:
+    """The gate's verdict on a runtime's training run against a reference run of the same steps:
+    every loss and every weight within `tolerance` relative error."""
+    steps = len(ref_losses)
+    for who, losses in ((reference, ref_losses), ("the runtime", rt_losses)):
         if not np.all(np.isfinite(losses)):
             # NaN compares false with everything: without this a diverged pair would "match"
-            return Validation(True, False, f"training diverged in {who} (non-finite loss); lower the learning "
-                              f"rate (now {spec.lr:g})", steps=steps, tolerance=tolerance,
-                              loss_runtime=rt_losses, loss_pytorch=ref_losses)
+            hint = f"; lower the learning rate (now {lr:g})" if lr is not None else ""
+            return Validation(True, False, f"training diverged in {who} (non-finite loss){hint}", steps=steps,
+                              tolerance=tolerance, loss_runtime=rt_losses, loss_pytorch=ref_losses)
+    if len(rt_losses) != steps:
+        return Validation(True, False, f"the runtime ran {len(rt_losses)} steps, {reference} {steps}", steps=steps,
+                          tolerance=tolerance)
     loss_err = max(abs(a - b) / max(abs(b), 1.0) for a, b in zip(rt_losses, ref_losses))
-    weights = runner.get_weights()
-    missing = sorted(set(ref_weights) - set(weights))
+    missing = sorted(set(ref_weights) - set(rt_weights))
     if missing:
         return Validation(True, False, f"runtime returned no weights for {missing[:3]}", steps=steps,
                           tolerance=tolerance, loss_runtime=rt_losses, loss_pytorch=ref_losses)
     w_err = 0.0
     for n, ref in ref_weights.items():
-        got = np.asarray(weights[n], dtype=np.float64)
+        got = np.asarray(rt_weights[n], dtype=np.float64)
         if got.shape != tuple(ref.shape):
             return Validation(True, False, f"weight {n} came back as {got.shape}, expected {tuple(ref.shape)}",
                               steps=steps, tolerance=tolerance)
-        r = _np(ref).astype(np.float64)
+        r = np.asarray(ref, dtype=np.float64)
         w_err = max(w_err, float(np.max(np.abs(got - r)) / max(np.max(np.abs(r)), 1e-6)))
-    passed = bool(loss_err <= tolerance and w_err <= tolerance and np.all(np.isfinite(rt_losses)))
-    reason = "" if passed else (f"training diverges from PyTorch: loss rel err {loss_err:.3g}, "
+    passed = bool(loss_err <= tolerance and w_err <= tolerance)
+    reason = "" if passed else (f"training diverges from {reference}: loss rel err {loss_err:.3g}, "
                                 f"weight rel err {w_err:.3g} (tolerance {tolerance:g})")
     return Validation(True, passed, reason, steps=steps, tolerance=tolerance, loss_runtime=rt_losses,
                       loss_pytorch=ref_losses, max_rel_loss_diff=loss_err, max_rel_weight_diff=w_err,

@@ -7,6 +7,8 @@ Other formats run in their Python bindings (latency loop, fresh-process peak RSS
 imported before a load is timed, so "load" is the artifact's alone. Energy is `estimated:model`
 (the host has no power counters). PyTorch eager on the same program is the baseline for ratios, when the caller hands one in per program (`Baseline`: the
 harness reads bundles, never run directories; the CLI asks the run's method for them).
+arm64: every artifact on aarch64 under qemu (devices/arm64): parity against PyTorch on the host
+(the baseline's model where given) and guest instruction counts, labelled emulated.
 adb: inference artifacts run with the runtime's official command-line tool on the device.
 Training artifacts on Android need the demo app's entry point (not built yet) and are reported
 as not measured, with that reason. A device error mid-run saves the partial results, marked.
@@ -29,11 +31,11 @@ from exporters.runner import open_inference, open_training
 from exporters.spec import TrainingSpec
 from exporters.targets import get_target
 from runtime_harness import metrics
+from runtime_harness.inputs import num_classes, synthetic_inputs
 from runtime_harness.devices.host import host_info, peak_rss_of_artifact
 from runtime_harness.report.results import ArtifactResult, ProfileResults
 from runtime_harness.report.write import PROFILE, write_outputs
 
-DTYPES = {"float32": np.float32, "int64": np.int64, "int32": np.int32}
 EAGER = "pytorch eager"
 
 
@@ -43,6 +45,12 @@ class Baseline:
 
     model: nn.Module
     training: TrainingSpec | None = None
+    # Real data as the export gate fed it, where the method gives it: off-host parity (arm64)
+    # runs on these instead of synthetic uniform inputs, which can drive a trained model's SGD
+    # steps into a regime where float32 rounding alone moves weights by 1e-3 (measured: LiteRT on
+    # the host, DC-CCL's device step, 5 steps at lr 0.01 on uniform noise; 6e-7 on real images).
+    inputs: dict[str, np.ndarray] | None = None  # one inference input set, by input name
+    train_batch: dict[str, np.ndarray] | None = None  # one training batch (inputs and target)
 
 
 @dataclasses.dataclass
@@ -53,29 +61,6 @@ class ProfilePlan:
     sustained_s: float = 0.0
     warmup: int = 3
     python_bindings: bool = False  # measure formats that have a native runner through Python instead
-
-
-def num_classes(program: Program) -> int:
-    """Classes of a program's model: the last dimension of an inference artifact's output."""
-    for a in program.artifacts:
-        if a.kind == "inference" and a.outputs and a.outputs[0].shape:
-            return max(int(a.outputs[0].shape[-1]), 2)
-    return 2
-
-
-def synthetic_inputs(art: Artifact, classes: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs at the artifact's shapes: uniform [0, 1) floats, labels in [0, classes), ids 0."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in art.inputs:
-        dt = DTYPES.get(t.dtype, np.float32)
-        if np.issubdtype(dt, np.floating):
-            out[t.name] = rng.random(t.shape, dtype=np.float32).astype(dt)
-        elif t.name == "y":
-            out[t.name] = rng.integers(0, classes, size=t.shape).astype(dt)
-        else:  # ids: row 0 always exists
-            out[t.name] = np.zeros(t.shape, dtype=dt)
-    return out
 
 
 def _host_artifact(bundle: Path, art: Artifact, plan: ProfilePlan, target, classes: int, log=print) -> ArtifactResult:
@@ -146,8 +131,15 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
     bundle = Path(bundle)
     check_destination(out_dir, PROFILE, force, containers=[bundle])  # before any measuring; it may sit in the bundle
     manifest = load_manifest(bundle)  # sha256-verified: a corrupt bundle stops here
+    arm64 = None
     if device == "host":
         info, target = host_info(), get_target("host")
+    elif device == "arm64":
+        from runtime_harness.devices import arm64 as arm64_env
+        from runtime_harness.devices.arm64.device import arm64_info
+
+        arm64 = arm64_env.locate()  # a DeviceError naming `make setup` when it is not made
+        info, target = arm64_info(arm64), None
     else:
         from runtime_harness.devices.adb import AdbDevice
 
@@ -161,6 +153,9 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
                 log(f"  profiling {art.name} ({art.format} {art.kind}) on {info.kind}")
                 if device == "host":
                     results.artifacts.append(_host_artifact(bundle, art, plan, target, num_classes(program), log))
+                elif arm64 is not None:
+                    results.artifacts.append(_arm64_artifact(arm64, bundle, art, num_classes(program),
+                                                             (baselines or {}).get(program.name), plan))
                 else:
                     results.artifacts.append(_adb_artifact(adb, bundle, art, plan))
             base = (baselines or {}).get(program.name)
@@ -173,6 +168,20 @@ def profile_bundle(bundle: str | Path, device: str, out_dir: str | Path, plan: P
         raise DeviceError(f"{e} (partial results saved to {Path(out_dir) / 'results.json'})") from None
     write_outputs(results, out_dir, force, containers=(bundle,))
     return results
+
+
+def _arm64_artifact(env, bundle: Path, art: Artifact, classes: int, base: Baseline | None,
+                    plan: ProfilePlan) -> ArtifactResult:
+    from runtime_harness.devices.arm64.device import Arm64Plan, profile_artifact
+
+    given = base and (base.train_batch if art.kind == "training" else base.inputs)
+    inputs = given if given and _fits(given, art) else synthetic_inputs(art, classes)
+    return profile_artifact(env, bundle, art, inputs, base, Arm64Plan(threads=plan.threads))
+
+
+def _fits(values: dict[str, np.ndarray], art: Artifact) -> bool:
+    """Whether given inputs have the artifact's input names and shapes."""
+    return all(s.name in values and list(values[s.name].shape) == list(s.shape) for s in art.inputs)
 
 
 def _adb_artifact(adb, bundle: Path, art: Artifact, plan: ProfilePlan) -> ArtifactResult:

@@ -17,6 +17,10 @@ command -v mvn >/dev/null 2>&1 || need_apt+=(maven openjdk-17-jdk-headless)
 # CMake and a C++ compiler: the native ExecuTorch runner (exporters/executorch/native)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+# the arm64 device: qemu user-mode, an arm64 Debian root file system, the aarch64 cross compiler
+command -v qemu-aarch64 >/dev/null 2>&1 || need_apt+=(qemu-user)
+command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
+command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need_apt+=(g++-aarch64-linux-gnu)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     log "missing system packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
@@ -63,7 +67,11 @@ fi
 # outside the work tree (~/.cache/dcl/dcl_et_runner/<hash of sources + executorch version>), so a
 # fresh clone reuses it; a few seconds when it must be built.
 .venv/bin/python -m exporters.executorch.native >/dev/null
-# 5. The Android demo's compile check: Maven dependencies (real runtime AARs, android-all) into ~/.m2
+# 5. The arm64 device (runtime_harness/devices/arm64): an arm64 Debian root file system with the
+# aarch64 wheels, the runner cross-compiled for aarch64 and the qemu instruction counter. Cached
+# outside the work tree (~/.cache/dcl/arm64/<hash of its recipe>); about a minute when it is made.
+.venv/bin/python -m runtime_harness.devices.arm64 >/dev/null
+# 6. The Android demo's compile check: Maven dependencies (real runtime AARs, android-all) into ~/.m2
 bash scripts/setup_android.sh >&2
 
 log "ready"

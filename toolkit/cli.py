@@ -231,7 +231,8 @@ def serve_cmd(method: str, args: tuple[str, ...]) -> None:
 
 @cli.command("profile")
 @click.argument("bundle_dir", required=False)
-@click.option("--device", default="host", show_default=True, help="host, or an adb serial (phone or emulator-5554).")
+@click.option("--device", default="host", show_default=True, help="host, arm64 (aarch64 under qemu: parity and instruction counts), or an adb serial "
+                   "(phone or emulator-5554).")
 @click.option("--runs", type=RUNS, default=50, show_default=True, help="Timed runs (at least).")
 @click.option("--duration", type=FiniteFloatRange(0, 3600), default=1.0, show_default=True,
               help="Minimum timed seconds per artifact.")

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+try:  # onnxruntime-training; the inference-only wheel (aarch64 has no other) runs inference alone
+    from onnxruntime.training.api import CheckpointState, Module, Optimizer
+except ImportError:  # pragma: no cover - exercised on the arm64 device
+    CheckpointState = Module = Optimizer = None
 
 from dcl_core.bundle import Artifact
 from dcl_core.errors import BundleError
@@ -26,8 +29,10 @@ WHO = "the ONNX model"
 IR_VERSION = 10  # the newest ONNX IR version ONNX Runtime 1.19.2 loads (onnx 1.23 writes 14)
 
 
-def save_model(proto: onnx.ModelProto, path: Path) -> None:
+def save_model(proto, path: Path) -> None:
     """Save at the IR version this runtime loads (the graphs use nothing newer)."""
+    import onnx
+
     proto.ir_version = IR_VERSION
     onnx.save(proto, path)
 
@@ -70,6 +75,9 @@ def load_training_session(folder: Path, files: dict[str, str], threads: int,
     def at(role: str) -> Path:
         return inside(folder, files[role], f"ONNX training {role}", BundleError)
 
+    if CheckpointState is None:
+        raise BundleError("this onnxruntime has no training API (onnxruntime-training has no build for this "
+                          "machine); ONNX Runtime training artifacts run where onnxruntime-training installs")
     state = CheckpointState.load_checkpoint(at("checkpoint"))
     module = Module(at("training_model"), state, at("eval_model"), device="cpu", session_options=_options(threads))
     optimizer = Optimizer(at("optimizer_model"), module) if with_optimizer else None
@@ -80,6 +88,8 @@ def save_inference_model(module: Module, out_path: Path, output_names: list[str]
     """The eval model cut at `output_names`, with the module's current parameters baked in."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module.export_model_for_inferencing(out_path, list(output_names))
+    import onnx
+
     save_model(onnx.load(out_path), out_path)
     return out_path
 

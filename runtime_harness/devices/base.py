@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-DeviceKind = Literal["host", "emulator", "phone"]
+DeviceKind = Literal["host", "emulator", "phone", "arm64"]  # arm64: aarch64 Linux under qemu user-mode
 
 
 @dataclass

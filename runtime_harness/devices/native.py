@@ -51,12 +51,24 @@ def native_runner_of(fmt: str) -> Any:
     return module
 
 
+@dataclass(frozen=True)
+class Launcher:
+    """How to start a runner built for another architecture: its toolchain (which binary, which
+    libraries) and the emulator command in front of it, e.g. ["qemu-aarch64", "-L", ROOT]."""
+
+    toolchain: Any
+    prefix: tuple[str, ...]
+    runtime: str  # what the results say ran it
+
+
 def run_native(path: Path, art: Artifact, inputs: dict[str, np.ndarray], plan: NativePlan,
-               dump: bool = False) -> NativeRun:
-    """Run an artifact in its format's native runner. A runner that is not built, or that refuses
-    the artifact, is one BundleError line; a hung runner is killed at plan.timeout_s."""
+               dump: bool = False, launcher: Launcher | None = None) -> NativeRun:
+    """Run an artifact in its format's native runner (on this machine, or through `launcher`). A
+    runner that is not built, or that refuses the artifact, is one BundleError line; a hung runner
+    is killed at plan.timeout_s."""
     native = native_runner_of(art.format)
-    found = native.locate()
+    tc = launcher.toolchain if launcher else None
+    found = native.locate(tc)
     if found.binary is None:
         raise BundleError(found.why)
     with tempfile.TemporaryDirectory(prefix="dcl-native-") as tmp:
@@ -69,7 +81,9 @@ def run_native(path: Path, art: Artifact, inputs: dict[str, np.ndarray], plan: N
                  f"--threads={plan.threads}", *plan.extra_args]
         if dump:
             args.append(f"--dump={tmp}")
-        argv, env = native.command(found.binary, args)
+        argv, env = native.command(found.binary, args, tc)
+        if launcher is not None:  # the library path is the guest's, not the emulator's own
+            argv = [*launcher.prefix, "-E", f"LD_LIBRARY_PATH={env.pop('LD_LIBRARY_PATH')}", *argv]
         try:
             p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=plan.timeout_s)
         except subprocess.TimeoutExpired:
@@ -82,7 +96,7 @@ def run_native(path: Path, art: Artifact, inputs: dict[str, np.ndarray], plan: N
         dumped = _read_dump(Path(tmp), art, out) if dump else {}
     if not out.timings.samples_s:
         raise BundleError(f"the native runner printed no timings for {art.name}")
-    return NativeRun(out, native.RUNTIME, dumped)
+    return NativeRun(out, launcher.runtime if launcher else native.RUNTIME, dumped)
 
 
 def _read_dump(folder: Path, art: Artifact, out: NativeRunnerOutput) -> dict[str, np.ndarray]:

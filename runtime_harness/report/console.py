@@ -23,14 +23,40 @@ def _row(a: ArtifactResult, note: int | None) -> list[str]:
                              energy_cell(a.energy)]
 
 
+EMULATED_HEADERS = ["artifact", "format", "kind", "runtime", "parity", "vs", "max |diff| / rel err",
+                    "instructions per call", "repeat spread", "size MiB"]
+
+
+def _emulated_row(a: ArtifactResult, note: int | None) -> list[str]:
+    """An emulated device's row: what was checked and counted, not timings (they are the emulator's)."""
+    head = [a.name, format_display(a.format), a.kind]
+    if a.error:
+        return head + [f"failed [{note}]"] + [""] * (len(EMULATED_HEADERS) - _IDENTITY - 1)
+    p, n = a.parity, a.instructions
+    if p is None:
+        check = ["-", "-", "-"]
+    else:
+        diff = (f"{p.max_abs_diff:.2g}" if a.kind == "inference" and p.max_abs_diff is not None else
+                f"loss {p.max_rel_loss_diff:.2g}, weights {p.max_rel_weight_diff:.2g}"
+                if p.max_rel_loss_diff is not None and p.max_rel_weight_diff is not None else "-")
+        check = ["passed" if p.passed else f"FAILED: {p.reason}", p.reference, diff]
+    count = [f"{n.count:,}", f"{100 * n.spread:.3f}%"] if n else ["-", "-"]
+    return head + [a.runtime] + check + count + [f"{a.bytes / MIB:.2f}"]
+
+
 def console_table(results: ProfileResults) -> str:
-    """The device line (and a PARTIAL warning when the run stopped early) above the metrics table."""
+    """The device line (and a PARTIAL warning when the run stopped early) above the metrics table;
+    on an emulated device, parity and instruction counts instead of timings."""
     d = results.device
     head = f"{d.describe()}  serial {d.serial}"
     if results.partial:
         head += f"\nPARTIAL RESULTS: {results.partial_reason}"
     failed = [a for a in results.artifacts if a.error]
     notes = {id(a): i for i, a in enumerate(failed, 1)}
-    table = tabulate([_row(a, notes.get(id(a))) for a in results.artifacts], headers=HEADERS, tablefmt="github")
+    emulated = any(a.provenance.startswith("emulated") for a in results.artifacts)
+    row, headers = (_emulated_row, EMULATED_HEADERS) if emulated else (_row, HEADERS)
+    table = tabulate([row(a, notes.get(id(a))) for a in results.artifacts], headers=headers, tablefmt="github")
+    if emulated:
+        head += f"\n{results.artifacts[0].provenance}: numbers from an emulator, not a phone's"
     reasons = "".join(f"\n[{notes[id(a)]}] {a.name}: {a.error}" for a in failed)
     return head + "\n\n" + table + ("\n" + reasons if reasons else "")

@@ -32,6 +32,36 @@ def _not_measured(unit: str) -> Measurement:
 
 
 @dataclass
+class Parity:
+    """An artifact's outputs on this device against a reference computed on the host (PyTorch
+    eager on the same program where the caller gives it, else the same artifact in its host
+    runtime), judged by the export gate's rule."""
+
+    passed: bool
+    reference: str  # "pytorch eager (host)" or "<format> (host)"
+    reason: str = ""
+    max_abs_diff: float | None = None  # inference
+    tolerance: float | None = None  # inference: atol; training: relative error
+    rtol: float | None = None
+    steps: int | None = None  # training
+    max_rel_loss_diff: float | None = None
+    max_rel_weight_diff: float | None = None
+
+
+@dataclass
+class InstructionCount:
+    """Guest instructions per inference call or training step under emulation: the median over
+    `repeats` independent measurements, each the difference between two runs that differ only in
+    their number of calls (so loading and the first call cancel out)."""
+
+    count: int
+    per: str  # "inference" or "training step"
+    how: str
+    repeats: list[int] = field(default_factory=list)
+    spread: float = 0.0  # (max - min) / median of the repeats
+
+
+@dataclass
 class ArtifactResult:
     """One artifact's numbers on one device; a failed artifact keeps its identity and the reason."""
 
@@ -54,6 +84,9 @@ class ArtifactResult:
     drift: Drift | None = None
     samples_s: list[float] = field(default_factory=list)
     error: str = ""  # this artifact failed: the one-line reason (its numbers are absent)
+    provenance: str = ""  # where the numbers come from when not a real device, e.g. "emulated:qemu-aarch64"
+    parity: Parity | None = None  # off-host devices: outputs checked against the host
+    instructions: InstructionCount | None = None  # emulated devices: the cost that does not depend on the host
 
     @property
     def per(self) -> str:

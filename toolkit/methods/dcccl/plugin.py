@@ -21,10 +21,15 @@ class DCCCL(Method):
 
     def baselines(self, run_dir: Path, manifest_programs: dict[str, Any]) -> dict[str, Any]:
         from runtime_harness.profile import Baseline
-        from toolkit.methods.dcccl.export import PROGRAM, phone_program
+        from toolkit.methods.dcccl.export import PROGRAM, phone_program, real_batches
 
-        _, model, _ = phone_program(run_dir)
-        return {PROGRAM: Baseline(model, exported_training(manifest_programs, PROGRAM, "cross_entropy"))}
+        _, model, sc = phone_program(run_dir)
+        training = exported_training(manifest_programs, PROGRAM, "cross_entropy")
+        record = manifest_programs.get(PROGRAM)
+        art = next((a for a in record.artifacts if a.kind == "training"), None) if record else None
+        batch = real_batches(sc, int(art.inputs[0].shape[0]), 1)[0] if art else None
+        return {PROGRAM: Baseline(model, training, inputs={"x": sc.device_test.x[:1].numpy()},
+                                  train_batch={k: v.numpy() for k, v in batch.items()} if batch else None)}
 
     def simulate(self, run_dir: Path, runtime: Any, options: FleetOptions, log: Log) -> SimulationReport:
         import dataclasses
