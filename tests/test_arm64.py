@@ -105,6 +105,8 @@ def test_cli_profile_on_arm64_without_a_model_compares_with_the_host_runtime(sma
         assert a["parity"]["passed"] and a["parity"]["reference"] == f"{a['format']} (host)"
         assert a["instructions"]["count"] > 0 and "qemu" in a["instructions"]["how"]
         assert a["provenance"] == "emulated:qemu-aarch64"
+    page = (tmp_path / "p" / "report.html").read_text()
+    assert "Parity and instruction counts (emulated:qemu-aarch64)" in page and "not a phone" in page
 
 
 def test_missing_environment_is_one_line(small, tmp_path, monkeypatch):
