@@ -6,11 +6,13 @@ setup:
 
 # The main job on embedded defaults (small; a few minutes on 2 cores): a quick DC-CCL run, its
 # export for `host` in every format (each artifact verified against PyTorch), a profile of every
-# artifact beside PyTorch eager, and the report (runs/demo-bundle/profile-host/report.html).
+# artifact beside PyTorch eager, and the report (runs/demo-bundle/profile-host/report.html); then
+# the same bundle as aarch64 code under qemu: parity and instruction counts (profile-arm64/).
 demo: setup
 	.venv/bin/dcl train dcccl --quick --out runs/demo --force
 	.venv/bin/dcl export runs/demo --target host --out runs/demo-bundle --force
 	.venv/bin/dcl profile runs/demo-bundle --device host --runs 50 --duration 0.5 --force
+	.venv/bin/dcl profile runs/demo-bundle --device arm64 --force
 
 # Every test, on two worker processes (pytest-xdist; each test file stays on one worker, so a
 # file's module fixtures are built once). What CI runs.

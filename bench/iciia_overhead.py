@@ -35,8 +35,8 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -139,8 +139,7 @@ def export_ungated(spec: ProgramSpec, fmt: str, bundle: Path):
                  "per_output": {k: float(f"{v:.3g}") for k, v in per_output.items()}}
 
 
-@dataclass
-class NativeProgram:
+class NativeProgram(NamedTuple):
     """An artifact the round loop runs in its format's native runner (a process per round)."""
 
     path: Path

@@ -217,6 +217,33 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
     _emit(rep.record, as_json, tabulate(rep.rows, headers=rep.columns, tablefmt="github") + f"\n\n{rep.summary}")
 
 
+@cli.command("fleet")
+@click.argument("run_dir")
+@click.option("--runtime", type=click.Choice([*_trainable_formats(), "pytorch"], case_sensitive=False), required=True,
+              help="The runtime whose training artifact every client steps (pytorch: the reference program).")
+@click.option("--clients", type=click.IntRange(1, 100_000), default=None, help="Virtual clients (default: the method's).")
+@click.option("--rounds", type=ROUNDS, default=None, help="Rounds (default: the method's).")
+@click.option("--fraction", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Share of the clients sampled per round.")
+@click.option("--epochs", type=EPOCHS, default=None, help="Local epochs per round (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
+def fleet_cmd(run_dir: str, runtime: str, clients: int | None, rounds: int | None, fraction: float,
+              epochs: int | None, as_json: bool) -> None:
+    """The device rounds as a Flower app: virtual clients on Flower's Simulation Engine (Ray)."""
+    from tabulate import tabulate
+
+    from toolkit.plugin import FleetOptions
+
+    name = runtime.lower() if runtime.lower() == "pytorch" else _runtime_here(runtime).name
+    m = method_of_run(run_dir)
+    run = m.fleet(Path(run_dir), name, FleetOptions(rounds=rounds, epochs=epochs, clients=clients, fraction=fraction),
+                  _log(as_json))
+    rows = [[r.round, r.clients, r.refused, r.failed, *r.metrics.values(), r.seconds] for r in run.rounds]
+    keys = list(run.rounds[0].metrics) if run.rounds else []
+    _emit(run.to_json(), as_json, tabulate(rows, headers=["round", "clients", "refused", "failed", *keys, "seconds"],
+                                           tablefmt="github") + f"\n\n{run.engine}: {run.clients} clients")
+
+
 @cli.command("serve", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("method", type=click.Choice(method_names()), metavar="METHOD")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)

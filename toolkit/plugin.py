@@ -72,6 +72,8 @@ class FleetOptions:
     # also run the PyTorch reference from start weights 1 ulp away: how far float rounding alone
     # moves the final accuracy over the same steps, the yardstick for a runtime's gap
     noise_floor: bool = False
+    clients: int | None = None  # `dcl fleet`: clients in the Flower federation
+    fraction: float = 1.0  # `dcl fleet`: share of the clients sampled per round
 
 
 @dataclass
@@ -130,6 +132,11 @@ class Method(ABC):
 
     def simulate(self, run_dir: Path, runtime: Format, options: FleetOptions, log: Log) -> SimulationReport:
         raise ConfigError(f"method {self.name} has no fleet simulation")
+
+    def fleet(self, run_dir: Path, runtime: str, options: FleetOptions, log: Log) -> Any:
+        """The device rounds as a Flower app on the Simulation Engine (runtime_harness.fleet.flower):
+        a FleetRun. `runtime` is a format name or "pytorch"."""
+        raise ConfigError(f"method {self.name} has no Flower fleet yet")
 
     def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
                        force: bool = False) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from exporters.formats import FORMATS
 
 # Loggers of libraries dcl imports besides the formats' own (each Format names its loggers);
 # at ERROR only real failures show.
-SHARED_LOGGERS = ("torch", "numexpr")
+SHARED_LOGGERS = ("torch", "numexpr", "flwr", "ray")
 THIRD_PARTY_LOGGERS = tuple(dict.fromkeys(SHARED_LOGGERS + tuple(n for f in FORMATS.values() for n in f.loggers)))
 
 # Native lines written to fd 2 by C++ code, by their fixed prefixes: the formats' own (on their
