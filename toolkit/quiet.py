@@ -38,7 +38,7 @@ SHARED_NATIVE_NOISE = (
 NATIVE_NOISE = re.compile("^(" + "|".join(
     SHARED_NATIVE_NOISE + tuple(p for f in FORMATS.values() for p in f.native_noise)) + ")")
 # Environment defaults read by libraries at import time (only where the user has not set them).
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1", "GLOG_minloglevel": "2"}
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1", "GLOG_minloglevel": "2", "FLWR_LOG_LEVEL": "ERROR"}
 
 
 @contextmanager

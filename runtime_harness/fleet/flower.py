@@ -149,6 +149,10 @@ def run_simulation(task: FleetTask, rounds: int, fraction: float = 1.0, min_clie
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation as flower_run
 
+    # Flower sets its logger to DEBUG when imported; FLWR_LOG_LEVEL (dcl's quiet default: ERROR)
+    # then applies to its console handler only, so the logger itself follows it here too
+    if os.environ.get("FLWR_LOG_LEVEL"):
+        logging.getLogger("flwr").setLevel(os.environ["FLWR_LOG_LEVEL"].upper())
     run = FleetRun(ENGINE_SIMULATION, task.clients)
     strategy = _strategy(task, fraction, min_clients, log)
     server = ServerApp()
