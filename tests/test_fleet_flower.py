@@ -21,8 +21,11 @@ pytest.importorskip("flwr")
 CLIENTS = 4
 
 
-def _toy_task(poisoned: set[int] = frozenset(), crashing: set[int] = frozenset()) -> FleetTask:
-    """Four clients training a small linear classifier in PyTorch (the reference runtime)."""
+def _toy_task(poisoned: set[int] = frozenset(), crashing: set[int] = frozenset(), from_round: int = 1,
+              seen: list | None = None) -> FleetTask:
+    """Four clients training a small linear classifier in PyTorch (the reference runtime); the
+    poisoned and crashing clients misbehave from round `from_round` on; `seen` collects the merged
+    weights the cloud evaluates after each round."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 3)).eval()
     spec = TrainingSpec(trainable=["*"], loss="cross_entropy", lr=0.1, momentum=0.9, batch_size=8)
@@ -32,15 +35,19 @@ def _toy_task(poisoned: set[int] = frozenset(), crashing: set[int] = frozenset()
     start = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
 
     def batches(cid: int, server_round: int):
-        if cid in crashing:
+        if cid in crashing and server_round >= from_round:
             raise RuntimeError(f"client {cid} crashed")
-        if cid in poisoned:
+        if cid in poisoned and server_round >= from_round:
             return [{"x": np.full((8, 6), np.nan, np.float32), "y": b["y"]} for b in data[cid]]
         return data[cid]
 
+    def evaluate(weights: dict[str, np.ndarray]) -> dict[str, float]:
+        if seen is not None:
+            seen.append(weights)
+        return {"norm": float(sum(np.abs(v).sum() for v in weights.values()))}
+
     return FleetTask(start=start, open_runner=lambda: PyTorchTraining(model, spec, threads=1),
-                     client_batches=batches, client_size=lambda cid: 10 + cid,
-                     evaluate=lambda w: {"norm": float(sum(np.abs(v).sum() for v in w.values()))}, clients=CLIENTS)
+                     client_batches=batches, client_size=lambda cid: 10 + cid, evaluate=evaluate, clients=CLIENTS)
 
 
 def test_check_update_names_shapes_and_finite_values():
@@ -52,27 +59,32 @@ def test_check_update_names_shapes_and_finite_values():
 
 
 @pytest.fixture(scope="module")
-def clean_run():
-    return run_simulation(_toy_task(), rounds=1, log=lambda *a: None)
+def two_rounds():
+    """One simulation (one Ray start): round 1 with every client well, round 2 with client 1
+    returning NaN weights and client 2 crashing."""
+    said: list[str] = []
+    seen: list[dict[str, np.ndarray]] = []
+    run = run_simulation(_toy_task(poisoned={1}, crashing={2}, from_round=2, seen=seen), rounds=2, log=said.append)
+    return run, seen, said
 
 
-def test_merged_weights_equal_the_in_process_engine(clean_run):
+def test_merged_weights_equal_the_in_process_engine(two_rounds):
+    run, seen, _ = two_rounds
     task = _toy_task()
     reference = fleet_round(task.open_runner, task.start, [task.client_batches(k, 1) for k in range(CLIENTS)],
                             [task.client_size(k) for k in range(CLIENTS)])
-    assert set(clean_run.weights) == set(reference.weights)
+    after_round_1 = seen[1]  # seen[0]: the start weights, evaluated before round 1
+    assert set(after_round_1) == set(reference.weights)
     for name, ref in reference.weights.items():
-        np.testing.assert_allclose(clean_run.weights[name], ref, rtol=1e-6, atol=1e-7)
-    assert not np.allclose(clean_run.weights["0.weight"], task.start["0.weight"])  # it trained
-    (r,) = clean_run.rounds
-    assert (r.round, r.clients, r.refused, r.failed) == (1, CLIENTS, 0, 0)
+        np.testing.assert_allclose(after_round_1[name], ref, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(after_round_1["0.weight"], task.start["0.weight"])  # it trained
+    assert (run.rounds[0].round, run.rounds[0].clients, run.rounds[0].refused, run.rounds[0].failed) == (1, CLIENTS, 0, 0)
 
 
-def test_nan_update_is_refused_and_a_crash_left_out():
-    said: list[str] = []
-    run = run_simulation(_toy_task(poisoned={1}, crashing={2}), rounds=1, log=said.append)
-    (r,) = run.rounds
-    assert (r.clients, r.refused, r.failed) == (CLIENTS - 2, 1, 1)
+def test_nan_update_is_refused_and_a_crash_left_out(two_rounds):
+    run, _, said = two_rounds
+    r = run.rounds[1]
+    assert (r.round, r.clients, r.refused, r.failed) == (2, CLIENTS - 2, 1, 1)
     assert any("refused the update" in s and "not finite" in s for s in said), said
     assert all(np.all(np.isfinite(v)) for v in run.weights.values())
 

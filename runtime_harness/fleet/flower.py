@@ -16,6 +16,7 @@ others (a crashed or killed client is a failed reply, which FedAvg already leave
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -137,7 +138,10 @@ def _strategy(task: FleetTask, fraction: float, min_clients: int, log):
             self.counts[server_round] = (len(kept), refused, failed)
             return super().aggregate_train(server_round, kept)
 
-    return GuardedFedAvg(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=min_clients,
+    # the sample size fixed up front: FedAvg otherwise takes `fraction` of the nodes registered
+    # when the round starts, which on a loaded machine can be fewer than all of them
+    sample = max(min_clients, math.ceil(fraction * task.clients))
+    return GuardedFedAvg(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=sample,
                          min_available_nodes=task.clients, weighted_by_key=WEIGHTED_BY)
 
 

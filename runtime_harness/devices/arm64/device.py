@@ -151,8 +151,9 @@ class _PythonGuest:
                    "inputs": files, "calls": calls, "threads": self.plan.threads, "out": tmp}
             (t / "job.json").write_text(json.dumps(job))
             count = t / "insns.txt"
+            # bytecode: the host's __pycache__ serves the guest too (both are CPython 3.11)
             guest_env = {"PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{self.env.site}", "PYTHONHASHSEED": "0",
-                         "PYTHONPYCACHEPREFIX": str(self.env.root.parent / "pycache"), "OMP_NUM_THREADS": "1"}
+                         "OMP_NUM_THREADS": "1"}
             argv = [*self.env.qemu(count), *(a for k, v in guest_env.items() for a in ("-E", f"{k}={v}")),
                     str(self.env.python), str(GUEST), str(t / "job.json")]
             try:
