@@ -5,8 +5,9 @@ runs there by default, so load time and peak memory are the runtime's own; `pyth
 (`dcl profile --python-bindings`) measures through the Python bindings instead, labelled so.
 Other formats run in their Python bindings (latency loop, fresh-process peak RSS); the runtime is
 imported before a load is timed, so "load" is the artifact's alone. Energy is `estimated:model`
-(the host has no power counters). PyTorch eager on the same program is the baseline for ratios, when the caller hands one in per program (`Baseline`: the
-harness reads bundles, never run directories; the CLI asks the run's method for them).
+(the host has no power counters). PyTorch eager on the same program is the baseline for ratios,
+when the caller hands one in per program (`Baseline`: the harness reads bundles, never run
+directories; the CLI asks the run's method for them).
 arm64: every artifact on aarch64 under qemu (devices/arm64): parity against PyTorch on the host
 (the baseline's model where given) and guest instruction counts, labelled emulated.
 adb: inference artifacts run with the runtime's official command-line tool on the device.

@@ -27,6 +27,14 @@ aten = torch.ops.aten
 edge = exir_ops.edge.aten
 
 
+def _result(gm: torch.fx.GraphModule, changed: int) -> PassResult:
+    """A pass's result, with the graph checked and recompiled when it changed."""
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return PassResult(gm, bool(changed))
+
+
 def drop_identity_expands(gm: torch.fx.GraphModule) -> PassResult:
     """Remove, in place, every expand whose output has its input's shape."""
     dropped = 0
@@ -38,10 +46,7 @@ def drop_identity_expands(gm: torch.fx.GraphModule) -> PassResult:
                 node.replace_all_uses_with(source)
                 gm.graph.erase_node(node)
                 dropped += 1
-    if dropped:
-        gm.graph.lint()
-        gm.recompile()
-    return PassResult(gm, bool(dropped))
+    return _result(gm, dropped)
 
 
 def views_for_unsqueeze_and_select(gm: torch.fx.GraphModule) -> PassResult:
@@ -65,10 +70,7 @@ def views_for_unsqueeze_and_select(gm: torch.fx.GraphModule) -> PassResult:
         node.replace_all_uses_with(view)
         gm.graph.erase_node(node)
         changed += 1
-    if changed:
-        gm.graph.lint()
-        gm.recompile()
-    return PassResult(gm, bool(changed))
+    return _result(gm, changed)
 
 
 def _layer_norm_as_pooling(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None = None,
