@@ -101,3 +101,20 @@ def bundle(tiny_run, tmp_path_factory):
     proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(proc.stdout)
+
+
+def export_bn_train_external(out_dir: Path):
+    """fused_cnn's training program with batch-statistics BN, written as .pte + .ptd (external
+    weights): (example, its spec, the Artifact). Used by the exporter's and the native runner's tests."""
+    import dataclasses
+
+    from exporters.base import ExportJob
+    from exporters.executorch.exporter import ExecuTorchExporter
+    from toolkit.models.examples import fused_cnn
+
+    ex = fused_cnn()
+    spec = dataclasses.replace(ex.spec, bn="train")
+    b0 = ex.batches[0]
+    job = ExportJob(ex.model, (b0["x"],), ["x"], ["logits"], out_dir, "cnn_train", target=b0["y"], spec=spec,
+                    options={"external_weights": True})
+    return ex, spec, ExecuTorchExporter().export_training(job)

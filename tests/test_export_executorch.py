@@ -6,7 +6,6 @@ Exports are module-scoped fixtures (each takes seconds on 2 cores); the tests re
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 import exporters
+from conftest import export_bn_train_external
 from dcl_core.bundle import Manifest, describe_files, load_manifest
 from dcl_core.errors import BundleError, ExportError
 from exporters.base import ExportJob
@@ -143,12 +143,7 @@ def _pytorch_running_stats(model: nn.Module, spec: TrainingSpec, batches, steps:
 
 def test_bn_train_with_external_weights(tmp_path):
     """bn="train" (batch statistics, running stats updated on device) written as .pte + .ptd."""
-    ex = fused_cnn()
-    spec = dataclasses.replace(ex.spec, bn="train")
-    b0 = ex.batches[0]
-    job = ExportJob(ex.model, (b0["x"],), ["x"], ["logits"], tmp_path, "cnn_train", target=b0["y"], spec=spec,
-                    options={"external_weights": True})
-    art = ExecuTorchExporter().export_training(job)
+    ex, spec, art = export_bn_train_external(tmp_path)
     folder = tmp_path / art.path
     assert folder.is_dir() and sorted(p.suffix for p in folder.iterdir()) == [".ptd", ".pte"]
     _, _, files = describe_files(tmp_path, art.path)

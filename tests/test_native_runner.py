@@ -3,7 +3,6 @@ its inference and training match PyTorch, `dcl profile` uses it by default and l
 Python bindings stay one flag away, and bad input stops it with one line."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -13,12 +12,10 @@ import pytest
 import torch
 
 import exporters
-from conftest import run_dcl
+from conftest import export_bn_train_external, run_dcl
 from dcl_core.bundle import Manifest
 from dcl_core.errors import BundleError
-from exporters.base import ExportJob
 from exporters.executorch import native
-from exporters.executorch.exporter import ExecuTorchExporter
 from exporters.gate import reference_training
 from runtime_harness.devices.native import NativePlan, run_native
 from runtime_harness.profile import ProfilePlan, profile_bundle
@@ -79,14 +76,9 @@ def test_training_steps_match_pytorch(cnn):
 
 def test_training_with_external_weights_and_batch_statistics(tmp_path):
     """The .pte + .ptd layout (weights in the data file) and train-mode BatchNorm."""
-    ex = fused_cnn()
-    spec = dataclasses.replace(ex.spec, bn="train")
-    b0 = ex.batches[0]
-    job = ExportJob(ex.model, (b0["x"],), ["x"], ["logits"], tmp_path, "cnn_train", target=b0["y"], spec=spec,
-                    options={"external_weights": True})
-    art = ExecuTorchExporter().export_training(job)
+    ex, spec, art = export_bn_train_external(tmp_path)
     assert art.details["data"]
-    _check_training(ex.model, spec, art, tmp_path / art.path, b0)
+    _check_training(ex.model, spec, art, tmp_path / art.path, ex.batches[0])
 
 
 def test_profile_uses_the_native_runner_and_labels_both(cnn, tmp_path):

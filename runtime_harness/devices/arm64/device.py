@@ -15,6 +15,7 @@ Per artifact:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -107,14 +108,22 @@ class GuestRun:
     weights: dict[str, np.ndarray]  # training: after the last step, PyTorch names
 
 
-class _NativeGuest:
-    """ExecuTorch: the aarch64 dcl_et_runner under qemu, with the counting plugin."""
+class _Guest:
+    """One way of running an artifact in the guest, counting its instructions."""
+
+    how = ""  # how the runtime is reached, named in the results' runtime string
 
     def __init__(self, env: Arm64Env, plan: Arm64Plan):
         self.env, self.plan = env, plan
 
     def runtime(self, art: Artifact) -> str:
-        return f"{art.format} (native runner, qemu-aarch64)"
+        return f"{art.format} ({self.how}, qemu-aarch64)"
+
+
+class _NativeGuest(_Guest):
+    """ExecuTorch: the aarch64 dcl_et_runner under qemu, with the counting plugin."""
+
+    how = "native runner"
 
     def __call__(self, path: Path, art: Artifact, inputs: dict[str, np.ndarray], calls: int) -> GuestRun:
         with tempfile.TemporaryDirectory(prefix="dcl-arm64-") as tmp:
@@ -129,18 +138,12 @@ class _NativeGuest:
         return GuestRun(insns, [dumped[f"output_{i}"] for i in range(len(dumped))], [], {})
 
 
-class _PythonGuest:
+class _PythonGuest(_Guest):
     """LiteRT, ONNX Runtime: dcl's runner module in the guest's Python (guest.py)."""
 
-    def __init__(self, env: Arm64Env, plan: Arm64Plan):
-        self.env, self.plan = env, plan
-
-    def runtime(self, art: Artifact) -> str:
-        return f"{art.format} (python bindings, qemu-aarch64)"
+    how = "python bindings"
 
     def __call__(self, path: Path, art: Artifact, inputs: dict[str, np.ndarray], calls: int) -> GuestRun:
-        import dataclasses
-
         with tempfile.TemporaryDirectory(prefix="dcl-arm64-") as tmp:
             t = Path(tmp)
             files = {}
