@@ -4,7 +4,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from runtime_harness.fleet.engine import weighted_average as average_states
+from runtime_harness.fleet.local import weighted_average as average_states
 from toolkit.methods.dcccl.objectives import Controlled
 from toolkit.models import MobileCNN, PadLogits
 from toolkit.train import Distill, frozen

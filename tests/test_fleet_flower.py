@@ -13,8 +13,8 @@ from torch import nn
 from conftest import run_dcl
 from exporters.reference import PyTorchTraining
 from exporters.spec import TrainingSpec
-from runtime_harness.fleet.engine import fleet_round
-from runtime_harness.fleet.flower import FleetTask, check_update, run_simulation
+from runtime_harness.fleet.flower import ClientResult, FleetSettings, FleetTask, RoundLog, check_update, run_simulation
+from runtime_harness.fleet.local import train_locally, weighted_average
 
 pytest.importorskip("flwr")
 
@@ -41,13 +41,29 @@ def _toy_task(poisoned: set[int] = frozenset(), crashing: set[int] = frozenset()
             return [{"x": np.full((8, 6), np.nan, np.float32), "y": b["y"]} for b in data[cid]]
         return data[cid]
 
-    def evaluate(weights: dict[str, np.ndarray]) -> dict[str, float]:
+    def client_round(cid: int, server_round: int, model_down, _answer) -> ClientResult:
+        weights, steps = train_locally(lambda: PyTorchTraining(model, spec, threads=1), model_down,
+                                       batches(cid, server_round))
+        return ClientResult({"steps": steps}, 10 + cid, weights)
+
+    def evaluate(weights: dict[str, np.ndarray], _client_metrics) -> dict[str, float]:
         if seen is not None:
             seen.append(weights)
         return {"norm": float(sum(np.abs(v).sum() for v in weights.values()))}
 
-    return FleetTask(start=start, open_runner=lambda: PyTorchTraining(model, spec, threads=1),
-                     client_batches=batches, client_size=lambda cid: 10 + cid, evaluate=evaluate, clients=CLIENTS)
+    task = FleetTask(start=start, client_round=client_round, evaluate=evaluate, clients=CLIENTS, headline="norm")
+    return task
+
+
+def reference_round(task: FleetTask, start: dict[str, np.ndarray], server_round: int) -> dict[str, np.ndarray]:
+    """The in-process loop the Flower app replaced: every client trains in turn, the cloud averages
+    by sample count."""
+    states, sizes = [], []
+    for k in range(CLIENTS):
+        result = task.client_round(k, server_round, start, {})
+        states.append({n: torch.from_numpy(w) for n, w in result.weights.items()})
+        sizes.append(result.size)
+    return {n: v.numpy() for n, v in weighted_average(states, sizes).items()}
 
 
 def test_check_update_names_shapes_and_finite_values():
@@ -59,26 +75,28 @@ def test_check_update_names_shapes_and_finite_values():
 
 
 @pytest.fixture(scope="module")
-def two_rounds():
+def two_rounds(tmp_path_factory):
     """One simulation (one Ray start): round 1 with every client well, round 2 with client 1
     returning NaN weights and client 2 crashing."""
     said: list[str] = []
     seen: list[dict[str, np.ndarray]] = []
-    run = run_simulation(_toy_task(poisoned={1}, crashing={2}, from_round=2, seen=seen), rounds=2, log=said.append)
+    run = run_simulation(_toy_task(poisoned={1}, crashing={2}, from_round=2, seen=seen), FleetSettings(rounds=2),
+                         RoundLog(tmp_path_factory.mktemp("rounds"), 2), log=said.append)
     return run, seen, said
 
 
 def test_merged_weights_equal_the_in_process_engine(two_rounds):
     run, seen, _ = two_rounds
     task = _toy_task()
-    reference = fleet_round(task.open_runner, task.start, [task.client_batches(k, 1) for k in range(CLIENTS)],
-                            [task.client_size(k) for k in range(CLIENTS)])
-    after_round_1 = seen[1]  # seen[0]: the start weights, evaluated before round 1
-    assert set(after_round_1) == set(reference.weights)
-    for name, ref in reference.weights.items():
+    reference = reference_round(task, task.start, 1)
+    after_round_1 = seen[0]
+    assert set(after_round_1) == set(reference)
+    for name, ref in reference.items():
         np.testing.assert_allclose(after_round_1[name], ref, rtol=1e-6, atol=1e-7)
     assert not np.allclose(after_round_1["0.weight"], task.start["0.weight"])  # it trained
-    assert (run.rounds[0].round, run.rounds[0].clients, run.rounds[0].refused, run.rounds[0].failed) == (1, CLIENTS, 0, 0)
+    r = run.rounds[0]
+    assert (r.round, r.clients, r.refused, r.failed, r.steps) == (1, CLIENTS, 0, 0, 2 * CLIENTS)
+    assert r.accuracy == r.metrics["norm"]
 
 
 def test_nan_update_is_refused_and_a_crash_left_out(two_rounds):

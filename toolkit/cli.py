@@ -220,28 +220,46 @@ def simulate_cmd(run_dir: str, runtime: str, devices: int | None, rounds: int | 
 @cli.command("fleet")
 @click.argument("run_dir")
 @click.option("--runtime", type=click.Choice([*_trainable_formats(), "pytorch"], case_sensitive=False), required=True,
-              help="The runtime whose training artifact every client steps (pytorch: the reference program).")
-@click.option("--clients", type=click.IntRange(1, 100_000), default=None, help="Virtual clients (default: the method's).")
-@click.option("--rounds", type=ROUNDS, default=None, help="Rounds (default: the method's).")
+              help="The runtime whose artifacts every client runs (pytorch: the reference program).")
+@click.option("--clients", type=click.IntRange(1, 100_000), default=None,
+              help="Virtual clients of the simulation (default: the method's).")
+@click.option("--rounds", type=ROUNDS, default=None, help="Rounds in all (default: the method's).")
 @click.option("--fraction", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
               help="Share of the clients sampled per round.")
+@click.option("--min-clients", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="The fewest clients a round goes on with.")
 @click.option("--epochs", type=EPOCHS, default=None, help="Local epochs per round (default: the run's).")
+@click.option("--deploy", is_flag=True,
+              help="Flower's Deployment Engine: a SuperLink and --supernodes SuperNode processes on 127.0.0.1.")
+@click.option("--supernodes", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="With --deploy: SuperNode processes, one client each.")
+@click.option("--insecure", is_flag=True, help="With --deploy: plain HTTP instead of TLS on loopback.")
+@click.option("--out", default=None, help="Output folder (default: RUN/fleet-RUNTIME[-deploy]).")
+@click.option("--force", is_flag=True, help="Replace a previous fleet output there.")
+@click.option("--resume", is_flag=True, help="Continue a stopped fleet from its last completed round.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable output.")
-def fleet_cmd(run_dir: str, runtime: str, clients: int | None, rounds: int | None, fraction: float,
-              epochs: int | None, as_json: bool) -> None:
-    """The device rounds as a Flower app: virtual clients on Flower's Simulation Engine (Ray)."""
+def fleet_cmd(run_dir: str, runtime: str, clients: int | None, rounds: int | None, fraction: float, min_clients: int,
+              epochs: int | None, deploy: bool, supernodes: int, insecure: bool, out: str | None, force: bool,
+              resume: bool, as_json: bool) -> None:
+    """The device rounds as a Flower app: virtual clients on Flower's Simulation Engine (Ray), or
+    SuperNode processes on its Deployment Engine (--deploy)."""
     from tabulate import tabulate
 
+    from toolkit.fleet.run import run_fleet
     from toolkit.plugin import FleetOptions
 
+    if not deploy and insecure:
+        raise ConfigError("--insecure applies to --deploy only; drop it")
     name = runtime.lower() if runtime.lower() == "pytorch" else _runtime_here(runtime).name
-    m = method_of_run(run_dir)
-    run = m.fleet(Path(run_dir), name, FleetOptions(rounds=rounds, epochs=epochs, clients=clients, fraction=fraction),
-                  _log(as_json))
-    rows = [[r.round, r.clients, r.refused, r.failed, *r.metrics.values(), r.seconds] for r in run.rounds]
+    run, folder = run_fleet(Path(run_dir), name, FleetOptions(rounds=rounds, epochs=epochs, clients=clients,
+                                                              fraction=fraction), _log(as_json),
+                            supernodes=supernodes if deploy else None, tls=not insecure,
+                            out=Path(out) if out else None, force=force, resume=resume, min_clients=min_clients)
     keys = list(run.rounds[0].metrics) if run.rounds else []
-    _emit(run.to_json(), as_json, tabulate(rows, headers=["round", "clients", "refused", "failed", *keys, "seconds"],
-                                           tablefmt="github") + f"\n\n{run.engine}: {run.clients} clients")
+    rows = [[r.round, r.clients, r.refused, r.failed, *r.metrics.values(), r.seconds] for r in run.rounds]
+    _emit({**run.to_json(), "runtime": name, "out": str(folder)}, as_json,
+          tabulate(rows, headers=["round", "clients", "refused", "failed", *keys, "seconds"], tablefmt="github")
+          + f"\n\n{run.engine}: {run.clients} clients; results in {folder}")
 
 
 @cli.command("serve", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -15,6 +15,7 @@ Every method folder has the same skeleton, the same file name for the same role:
       pipeline.py   train_to_dir(cfg, out, force), evaluate_run(run), load_run(run) (via toolkit.run.open_run)
       export.py     the bundle's named programs (ProgramSpecs) for a run
       simulate.py   the fleet in a runtime's training artifacts beside PyTorch
+      fleet.py      the device rounds as a fleet task (`dcl fleet`, a Flower app): fleet_task, export_artifact
       report.py     metrics_table(metrics): the console table
       transfer.py   device weights back into a run (via toolkit.run.weights_for), if the method takes any
       plugin.py     the Method subclass: what differs per method (export recipe, baselines, simulate's
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # kept out of `dcl --help`'s imports (they pull in torch and 
     from exporters.api import ProgramSpec
     from exporters.formats import Format
     from exporters.spec import TrainingSpec
+    from runtime_harness.fleet.flower import FleetTask
     from runtime_harness.profile import Baseline
 
 Log = Callable[[str], None]
@@ -133,10 +135,19 @@ class Method(ABC):
     def simulate(self, run_dir: Path, runtime: Format, options: FleetOptions, log: Log) -> SimulationReport:
         raise ConfigError(f"method {self.name} has no fleet simulation")
 
-    def fleet(self, run_dir: Path, runtime: str, options: FleetOptions, log: Log) -> Any:
-        """The device rounds as a Flower app on the Simulation Engine (runtime_harness.fleet.flower):
-        a FleetRun. `runtime` is a format name or "pytorch"."""
-        raise ConfigError(f"method {self.name} has no Flower fleet yet")
+    # -- the fleet (`dcl fleet`: the device rounds as a Flower app, toolkit/fleet/)
+    fleet_clients: int = 2  # clients when --clients is not given
+    fleet_rounds: int = 2
+
+    def fleet_export(self, run_dir: Path, runtime: str, dest: Path, log: Log) -> None:
+        """Export (verified) the training and inference artifacts a fleet client of `runtime`
+        opens into the bundle folder `dest` (fleet.py's export_artifact)."""
+        self.module("fleet").export_artifact(run_dir, runtime, dest, log)
+
+    def fleet_task(self, run_dir: Path, runtime: str, options: FleetOptions, bundle: Path | None) -> FleetTask:
+        """The method's device rounds for runtime_harness.fleet.flower: `runtime` is a format name
+        (its artifacts in `bundle`) or "pytorch" (fleet.py's fleet_task)."""
+        return self.module("fleet").fleet_task(run_dir, runtime, options, bundle)
 
     def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
                        force: bool = False) -> dict[str, Any]:

@@ -46,14 +46,6 @@ class DCCCL(Method):
         return SimulationReport(["engine", "cloud_test %", "device_test %", "union_test %", "seconds"], rows,
                                 summary, record)
 
-    def fleet(self, run_dir: Path, runtime: str, options: FleetOptions, log: Log) -> Any:
-        from runtime_harness.fleet.flower import run_simulation
-        from toolkit.methods.dcccl.fleet import fleet_task
-        from toolkit.methods.dcccl.simulate import DEFAULT_DEVICES, DEFAULT_ROUNDS
-
-        with fleet_task(run_dir, runtime, options.clients or DEFAULT_DEVICES, options.epochs, log) as task:
-            return run_simulation(task, options.rounds or DEFAULT_ROUNDS, options.fraction, log=log)
-
     def import_weights(self, run_dir: Path, weights: Path, program: str | None, name: str | None,
                        force: bool = False) -> dict[str, Any]:
         from toolkit.methods.dcccl.export import PROGRAM

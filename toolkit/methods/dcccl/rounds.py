@@ -9,7 +9,7 @@ import copy
 
 from torch import nn
 
-from runtime_harness.fleet.engine import weighted_average
+from runtime_harness.fleet.local import weighted_average
 from toolkit.methods.dcccl.config import DCCCLConfig
 from toolkit.methods.dcccl.objectives import Controlled
 from toolkit.methods.dcccl.scenario import Scenario
