@@ -319,3 +319,18 @@ def test_simulate_streams_test_clients_through_the_runtime(tiny_iciia):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(proc.stdout)
     assert rec["gap"] <= 0.1 and rec["images"] > 0 and rec["max_logit_diff"] < 1e-3
+
+
+def test_fleet_streams_every_test_client_in_a_runtime(tiny_iciia):
+    """`dcl fleet` for ICIIA: one Flower client per test client, streaming its images through the
+    ONNX Runtime classifier artifact; the cloud's accuracy over all images is the run's test_acc."""
+    out, metrics = tiny_iciia
+    proc = run_dcl("fleet", str(out), "--runtime", "onnx", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert res["engine"] == "flower-simulation" and res["clients"] == 4
+    (r,) = res["rounds"]
+    assert (r["clients"], r["failed"], r["refused"]) == (4, 0, 0)
+    assert 0 < r["metrics"]["images"] <= 4 * 48
+    assert abs(r["accuracy"] - metrics["results"]["iciia_t"]["test_acc"]) <= 0.1
+    assert json.loads((out / "fleet-onnx" / "fleet.json").read_text())["complete"] is True

@@ -136,7 +136,7 @@ class Method(ABC):
         raise ConfigError(f"method {self.name} has no fleet simulation")
 
     # -- the fleet (`dcl fleet`: the device rounds as a Flower app, toolkit/fleet/)
-    fleet_clients: int = 2  # clients when --clients is not given
+    fleet_clients: int = 2  # clients when --clients is not given (0: every client the method has)
     fleet_rounds: int = 2
 
     def fleet_export(self, run_dir: Path, runtime: str, dest: Path, log: Log) -> None:

@@ -222,11 +222,16 @@ def _strategy(task: FleetTask, settings: FleetSettings, log):
         client_metrics: dict[int, list[dict[str, float]]] = {}
         current = None  # the model sent down this round (kept when clients return no weights)
         pre_failed = pre_refused = 0
+        first_problem = ""  # the first reason a reply was lost this round, for the error line
+
+        def note(self, problem: str, server_round: int) -> None:
+            self.first_problem = self.first_problem or problem
+            log(f"  round {settings.first_round - 1 + server_round}: {problem}")
 
         def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
             config["first-round"] = settings.first_round
             messages = list(super().configure_train(server_round, arrays, config, grid))
-            self.current, self.pre_failed, self.pre_refused = arrays, 0, 0
+            self.current, self.pre_failed, self.pre_refused, self.first_problem = arrays, 0, 0, ""
             if task.request is None:
                 return messages
             queries = [Message(RecordDict({"arrays": arrays, "config": config}), m.metadata.dst_node_id,
@@ -236,13 +241,13 @@ def _strategy(task: FleetTask, settings: FleetSettings, log):
                 node = reply.metadata.src_node_id
                 if reply.has_error():
                     self.pre_failed += 1
-                    log(f"  round {server_round}: node {node} failed before training: {reply.error.reason}")
+                    self.note(f"node {node} failed before training: {reply.error.reason}", server_round)
                     continue
                 try:
                     answer = task.answer(from_record(reply.content["request"]))
                 except (DclError, KeyError, ValueError) as e:
                     self.pre_refused += 1
-                    log(f"  round {server_round}: refused the request of node {node}: {e}")
+                    self.note(f"refused the request of node {node}: {e}", server_round)
                     continue
                 answered.append(Message(RecordDict({"arrays": arrays, "config": config, "answer": to_record(answer)}),
                                         node, MessageType.TRAIN))
@@ -254,12 +259,12 @@ def _strategy(task: FleetTask, settings: FleetSettings, log):
                 node = msg.metadata.src_node_id
                 if msg.has_error():
                     failed += 1
-                    log(f"  round {server_round}: node {node} failed: {msg.error.reason}")
+                    self.note(f"node {node} failed: {msg.error.reason}", server_round)
                     continue
                 why = check_update(from_record(msg.content["arrays"]), task.start) if task.trains else ""
                 if why:
                     refused += 1
-                    log(f"  round {server_round}: refused the update of node {node}: {why}")
+                    self.note(f"refused the update of node {node}: {why}", server_round)
                     continue
                 kept.append(msg)
                 metrics.append({k: float(v) for k, v in msg.content["metrics"].items()})
@@ -289,11 +294,16 @@ def serve(grid, task: FleetTask, settings: FleetSettings, rounds: RoundLog, log=
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:  # Flower's look at the start model: already scored by the run
             return None
+        merged, refused, failed = strategy.counts.get(server_round, (0, 0, 0))
+        absolute = settings.first_round - 1 + server_round
+        if merged < settings.min_clients:
+            why = (f"round {absolute}: {merged} client(s) replied usably, fewer than the minimum {settings.min_clients}"
+                   f" ({strategy.first_problem or 'no client replied'})")
+            rounds.fail(why)
+            raise DclError(why)
         weights = from_record(arrays)
         replies = strategy.client_metrics.get(server_round, [])
         metrics = task.evaluate(weights, replies)
-        merged, refused, failed = strategy.counts.get(server_round, (0, 0, 0))
-        absolute = settings.first_round - 1 + server_round
         now = time.perf_counter()
         rounds.add(RoundRecord(absolute, merged, refused, failed, float(metrics.get(task.headline, float("nan"))),
                                metrics, round(now - clock[0], 2), int(sum(r.get("steps", 0) for r in replies))), weights)
@@ -339,6 +349,8 @@ def run_simulation(task: FleetTask, settings: FleetSettings, rounds: RoundLog, r
                              **({"address": ray_address} if ray_address else {"num_cpus": os.cpu_count() or 1})}}
     flower_run(server_app=server, client_app=client_app(lambda context: task), num_supernodes=task.clients,
                backend_name="ray", backend_config=backend)
+    if rounds.failure():
+        raise DclError(f"the Flower simulation stopped: {rounds.failure()}")
     run = rounds.run(ENGINE_SIMULATION, task.clients)
     done = len(run.rounds) and run.rounds[-1].round
     if done != settings.first_round + settings.rounds - 1:

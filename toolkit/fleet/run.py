@@ -58,7 +58,7 @@ def run_fleet(run_dir: Path, runtime: str, options: FleetOptions, log: Log, *, s
     if deploy and options.clients not in (None, supernodes):
         raise ConfigError(f"a deployment has one client per SuperNode: drop --clients or set it to {supernodes}")
     clients = supernodes if deploy else options.clients or method.fleet_clients
-    if min_clients > clients:
+    if clients and min_clients > clients:
         raise ConfigError(f"--min-clients {min_clients} is more than the {clients} clients")
     plan = FleetPlan(method.name, runtime, ENGINE_DEPLOYMENT if deploy else ENGINE_SIMULATION, clients,
                      options.rounds or method.fleet_rounds, options.fraction, min_clients, options.epochs or 0,
@@ -70,7 +70,7 @@ def run_fleet(run_dir: Path, runtime: str, options: FleetOptions, log: Log, *, s
         log(f"resuming from round {done[-1]['round'] + 1} ({out})")
     first = len(done) + 1
     settings = FleetSettings(plan.planned_rounds - len(done), plan.fraction, min_clients, first, wait_for_all=deploy)
-    options = FleetOptions(devices=plan.devices or None, epochs=plan.epochs or None, clients=clients,
+    options = FleetOptions(devices=plan.devices or None, epochs=plan.epochs or None, clients=clients or None,
                            fraction=plan.fraction)
     lost: SuperLinkLost | None = None
     with atomic_output(out, FLEET, force or resume, containers=[run_dir], note=log) as tmp:
@@ -88,6 +88,7 @@ def run_fleet(run_dir: Path, runtime: str, options: FleetOptions, log: Log, *, s
             lost = _deploy(Path(run_dir).resolve(), plan, settings, tmp, bundle, start if done else None, rounds, tls, log)
         else:
             task = method.fleet_task(Path(run_dir), runtime, options, bundle if runtime != PYTORCH else None)
+            plan.clients = task.clients  # a method's default may be "all its clients"
             if done:
                 task.start = read_weights(start)
             run_simulation(task, settings, rounds, log=log)
@@ -150,7 +151,8 @@ def _resumable(out: Path, plan: FleetPlan) -> list[dict]:
         raise ConfigError(f"{path} is corrupt; run without --resume into another folder") from None
     if record.get("complete"):
         raise ConfigError(f"the fleet in {out} already completed all its rounds; run without --resume (add --force to redo it)")
-    differs = [k for k, v in asdict(plan).items() if record.get(k) != v]
+    differs = [k for k, v in asdict(plan).items()
+               if record.get(k) != v and not (k == "clients" and v == 0)]  # 0: the method's default, all
     if differs:
         raise ConfigError(f"--resume needs the settings of the stopped run; these differ: "
                           + ", ".join(f"{k} (was {record.get(k)!r}, now {getattr(plan, k)!r})" for k in differs))

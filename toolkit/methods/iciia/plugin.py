@@ -12,6 +12,7 @@ from toolkit.plugin import (ExportOptions, ExportRecipe, FleetOptions, Log, Meth
 class ICIIA(Method):
     name = "iciia"
     title = "ICIIA: intra-client inter-image attention over cached features (ICIIA-B/T, baselines, control)"
+    fleet_clients, fleet_rounds = 0, 1  # every test client; nothing trains, so a round repeats itself
 
     def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
         from toolkit.methods.iciia.export import recipe_programs

@@ -23,7 +23,7 @@ from exporters.formats import Format
 from exporters.runner import open_inference
 from toolkit.plugin import FleetOptions, Log
 from toolkit.methods.iciia.export import CLASSIFIER, classifier_program
-from toolkit.methods.iciia.features import RingBuffer
+from toolkit.methods.iciia.fleet import stream_in_runtime
 from toolkit.methods.iciia.pipeline import MAIN, load_data, load_run, stream_outputs
 from toolkit.train import progress
 
@@ -70,14 +70,8 @@ def simulate(run_dir: str | Path, runtime: Format, options: FleetOptions, log: L
         got, agree = [], 0
         x = clients.images.x.numpy()
         for own, ref, own_feats in progress(list(zip(test, ref_logits, (feats[c] for c in test))), f"{fmt}: clients"):
-            ring = RingBuffer(cfg.attention.history, trained.dim)
-            logits = np.zeros(tuple(ref.shape), dtype=np.float32)
-            for t, i in enumerate(own.tolist()):
-                lg, feature, _ = runner.infer({"x": x[i:i + 1], "history": ring.slots, "history_mask": ring.mask()})
-                logits[t] = np.asarray(lg).reshape(-1)
-                res.max_feature_diff = max(res.max_feature_diff, float(np.max(np.abs(
-                    np.asarray(feature).reshape(-1) - own_feats[t].numpy()))))
-                ring.push(feature)
+            logits, features = stream_in_runtime(runner, x, own.tolist(), cfg.attention.history, trained.dim)
+            res.max_feature_diff = max(res.max_feature_diff, float(np.max(np.abs(features - own_feats.numpy()))))
             got.append(torch.from_numpy(logits))
             res.max_logit_diff = max(res.max_logit_diff, float((got[-1] - ref).abs().max()))
             agree += int((got[-1].argmax(-1) == ref.argmax(-1)).sum())
