@@ -61,11 +61,12 @@ def stopped_and_resumed(tiny_run, tmp_path_factory):
             _wait_for(err, r"round 2/3", proc)
             os.kill(_pid(f"flower-superlink .*--port {port} "), signal.SIGKILL)
             proc.wait(120)
+            leftovers = subprocess.run(["pgrep", "-af", "--", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout
         finally:
             if proc.poll() is None:
                 proc.kill()
     stopped = {"rc": proc.returncode, "stderr": err.read_text(), "record": json.loads((out / "fleet.json").read_text()),
-               "launched": launched[0]}
+               "launched": launched[0], "leftovers": leftovers}
     resumed = run_dcl(*args, "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return stopped, json.loads(resumed.stdout), out
@@ -89,6 +90,7 @@ def test_superlink_stop_keeps_the_rounds_and_says_how_to_resume(stopped_and_resu
     # TLS on loopback, and no key material left behind
     assert "--ssl-certfile" in stopped["launched"] and "--root-certificates" in stopped["launched"]
     assert not (out / "deployment" / "tls").exists()
+    assert stopped["leftovers"] == ""  # no Flower process of the deployment outlives dcl
 
 
 def test_resume_ends_where_the_reference_loop_does(stopped_and_resumed, tiny_run):

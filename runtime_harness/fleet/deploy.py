@@ -22,10 +22,12 @@ if the SuperLink process ends before the app has finished, it raises `SuperLinkL
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -39,6 +41,7 @@ from dcl_core.errors import DclError
 
 ENGINE_DEPLOYMENT = "flower-deployment"
 CONNECTION = "dcl"  # the SuperLink's name in the work folder's Flower config
+TAG = "DCL_FLEET_DEPLOYMENT"
 START_TIMEOUT_S = 120.0
 
 
@@ -60,6 +63,9 @@ class Deployment:
     superlink: subprocess.Popen | None = None
     nodes: list[subprocess.Popen] = field(default_factory=list)
     port: int = 0
+    # every process of this deployment carries it in its environment: what Flower starts in a
+    # session of its own (the ServerApp) or leaves behind when its parent is killed is found by it
+    tag: str = field(default_factory=lambda: secrets.token_hex(8))
 
     # -- processes
     def __enter__(self) -> Deployment:
@@ -104,7 +110,8 @@ class Deployment:
                                 stdin=subprocess.DEVNULL, env=self._env(), start_new_session=True)
 
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, **self.env, "FLWR_HOME": str(self.work / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0"}
+        env = {**os.environ, **self.env, "FLWR_HOME": str(self.work / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+               TAG: self.tag}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -122,6 +129,9 @@ class Deployment:
                 _kill_group(proc, signal.SIGKILL)
                 proc.wait()
             _kill_group(proc, signal.SIGKILL)  # what it started and left behind
+        for pid in tagged_processes(self.tag):  # what left its group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     # -- the app
     def submit(self, run_config: dict[str, int | float | str], done: Callable[[], bool],
@@ -188,6 +198,19 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
                                            serialization.NoEncryption()))
     paths[2].chmod(0o600)
     return paths
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Processes whose environment holds TAG=tag (Linux /proc; elsewhere none are found)."""
+    needle = f"{TAG}={tag}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(entry.name) != os.getpid() and needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return found
 
 
 def free_port() -> int:
