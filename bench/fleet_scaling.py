@@ -6,7 +6,10 @@ on one DC-CCL run (default: a fresh `dcl train dcccl --quick`).
 
 Each configuration is the real CLI (`dcl fleet ... --json`) in a subprocess. Measured:
 - round seconds: the fleet's own record of its rounds (the ServerApp's clock, from the first
-  message sent to the merged model scored), without start-up; client-rounds/s = clients / that;
+  message sent to the merged model scored), without start-up; client-rounds/s = clients / that.
+  The clients share the run's device data (N shards), so a round's training work is about the same
+  at every N: steps/s (the clients' SGD steps per round second) shows what the per-client overhead
+  of Flower and Ray costs as N grows;
 - wall seconds: the whole command, start-up (Ray or the processes, the export) included;
 - peak memory: the largest sum of resident memory (VmRSS) over the command's process tree,
   sampled every 0.25 s (Ray's workers and Flower's processes included; shared pages count once
@@ -95,7 +98,8 @@ def main() -> None:
                              "--out", str(Path(tmp) / f"sim-{runtime}-{n}")])
                 (r,) = m["result"]["rounds"]
                 entry = {"runtime": runtime, "clients": n, "merged": r["clients"], "round_s": r["seconds"],
-                         "client_rounds_per_s": round(n / r["seconds"], 2), "wall_s": m["wall_s"],
+                         "client_rounds_per_s": round(n / r["seconds"], 2), "steps": r["steps"],
+                         "steps_per_s": round(r["steps"] / r["seconds"], 1), "wall_s": m["wall_s"],
                          "peak_rss_mb": m["peak_rss_mb"], "accuracy": r["accuracy"]}
                 base = base or entry
                 entry["round_s_per_client_vs_10"] = round((entry["round_s"] / n) / (base["round_s"] / base["clients"]), 2)

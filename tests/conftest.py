@@ -94,13 +94,15 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundle(tiny_run, tmp_path_factory):
-    """The tiny run exported for host in every format: (bundle path, printed manifest)."""
+    """The tiny run exported for host in every format, as a user runs it (no --json, so its
+    progress lines go to stderr): (bundle path, its manifest, the command's stderr)."""
     import json
 
     out = tmp_path_factory.mktemp("bundle") / "host"
-    proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(out), "--json")
+    proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout)
+    assert proc.stdout.startswith(f"bundle written to {out}"), proc.stdout
+    return out, json.loads((out / "manifest.json").read_text()), proc.stderr
 
 
 def export_bn_train_external(out_dir: Path):
@@ -118,3 +120,14 @@ def export_bn_train_external(out_dir: Path):
     job = ExportJob(ex.model, (b0["x"],), ["x"], ["logits"], out_dir, "cnn_train", target=b0["y"], spec=spec,
                     options={"external_weights": True})
     return ex, spec, ExecuTorchExporter().export_training(job)
+
+
+# The files that take longest, first: pytest-xdist hands whole files to its two workers in
+# collection order, so the short ones fill in at the end instead of one long file running alone.
+LONGEST_FIRST = ("test_corpus.py", "test_fleet_deploy.py", "test_arm64.py", "test_native_runner.py",
+                 "test_fleet_flower.py", "test_iciia.py", "test_export_dcccl.py", "test_coda.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept

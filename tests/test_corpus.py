@@ -21,12 +21,15 @@ FORMATS = ["executorch", "onnx", "tflite", "coreml"]
 # smaller corpus models, which use the same layer kinds)
 MODES = {name: ("head", "full") for name in CORPUS} | {"efficientnet_lite0": ("head",)}
 STEPS = 3
+# a training batch of one image at 224x224 for EfficientNet-Lite0: the gate's steps and their
+# PyTorch reference run the whole frozen backbone forward, and one image exercises the same ops
+BATCH = {"efficientnet_lite0": {"batch": 1}}
 
 
 @pytest.fixture(scope="module", params=[(a, f) for a in CORPUS for f in FORMATS], ids=lambda p: f"{p[0]}-{p[1]}")
 def bundle(request, tmp_path_factory):
     arch, fmt = request.param
-    programs = [dataclasses.replace(CORPUS[arch](mode), name=mode) for mode in MODES[arch]]
+    programs = [dataclasses.replace(CORPUS[arch](mode, **BATCH.get(arch, {})), name=mode) for mode in MODES[arch]]
     out = tmp_path_factory.mktemp(f"{arch}-{fmt}") / "bundle"
     return arch, fmt, export(programs, [fmt], out, steps=STEPS, log=lambda *a: None)
 

@@ -15,9 +15,7 @@ ARTIFACT_KEYS = {"name", "path", "format", "kind", "sha256", "bytes", "inputs", 
 
 
 def test_manifest_contract(bundle):
-    out, printed = bundle
-    raw = json.loads((out / "manifest.json").read_text())
-    assert raw == printed
+    out, raw, _ = bundle
     assert raw["format_version"] == 2 and raw["method"] == "dcccl" and raw["target"] == "host"
     assert raw["created"] and raw["tool_versions"]["executorch"] == "1.5.1"
     assert raw["tool_versions"]["onnxruntime-training"] == "1.19.2"

@@ -281,6 +281,7 @@ def test_export_bundle_has_three_programs_and_weights_come_back(tiny_iciia, tmp_
     proc = run_dcl("export", str(out), "--target", "host", "--formats", "onnx", "--out", str(bundle), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads(proc.stdout)
+    assert manifest == json.loads((bundle / "manifest.json").read_text())  # --json prints the manifest
     programs = {p["name"]: p for p in manifest["programs"]}
     assert set(programs) == {"classifier", "head_finetune", "backbone"}
     kinds = {n: {a["kind"] for a in p["artifacts"]} for n, p in programs.items()}
