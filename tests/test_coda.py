@@ -1,5 +1,6 @@
-"""CoDA: the split, messages, matching, the filtering rule, the device program, a tiny end-to-end
-run through `dcl train coda`, its export in every format and the simulation inside a runtime."""
+"""CoDA: both scenarios' splits (time split and shared), the local-sample buckets, messages,
+matching, the filtering rule, the device program, a tiny end-to-end run through `dcl train coda`,
+its export (key encoder included) in every format and the simulation inside a runtime."""
 from __future__ import annotations
 
 import json
@@ -77,7 +78,7 @@ def ml():
 
 
 def test_split_is_by_time_seeded_and_documented(ml):
-    cfg = coda_config.load_config()
+    cfg = coda_config.load_config(overrides={"data": {"scenario": "shared"}})  # the first scenario, unchanged
     fleet = build_fleet(cfg.data, 0, ml)
     assert len(fleet.devices) == 943 and ml.num_items == 1682  # ML-100K: every user has >= 20 ratings
     assert not set(fleet.val_users) & set(fleet.test_users)
@@ -96,6 +97,50 @@ def test_split_is_by_time_seeded_and_documented(ml):
     assert again.val_users == fleet.val_users and other.val_users != fleet.val_users
     clicks = (ml.rating >= 4).mean()
     assert 0.5 < clicks < 0.6
+    # the shared scenario's pool is every device's local data, as before the time split existed
+    assert fleet.scenario == "shared" and fleet.cutoff is None and len(fleet.pool) == 79619
+    assert float(fleet.pool.click.sum()) == 45602.0 and int(fleet.pool.item.sum()) == 32257899
+    assert fleet.summary()["local_per_device"] == pytest.approx({"median": 52.0, "p10": 18.0, "p90": 195.4, "min": 16, "max": 589})
+
+
+def test_time_split_cloud_before_cutoff_devices_after(ml):
+    cfg = coda_config.load_config()
+    assert cfg.data.scenario == "time"  # the default
+    fleet = build_fleet(cfg.data, 0, ml)
+    t0 = fleet.cutoff
+    assert t0 == int(np.quantile(ml.timestamp, cfg.data.cutoff_quantile, method="lower"))
+    # the cloud (its training data and matching pool) holds exactly the interactions before T0
+    assert len(fleet.pool) == int((ml.timestamp < t0).sum()) and bool((fleet.pool_time < t0).all())
+    assert bool((np.diff(fleet.pool.user.numpy()) >= 0).all())
+    order = np.lexsort((ml.item, ml.timestamp, ml.user))
+    when = {(int(u), int(i)): int(t) for u, i, t in zip(ml.user, ml.item, ml.timestamp)}
+    after = np.bincount(ml.user[ml.timestamp >= t0], minlength=ml.num_users)
+    kept = {u for u in range(ml.num_users) if after[u] >= cfg.data.min_after_cutoff}
+    assert set(fleet.devices) == kept and fleet.left_out == ml.num_users - len(kept)  # too few after T0: left out
+    assert any(0 < after[u] < cfg.data.min_after_cutoff for u in range(ml.num_users))  # the threshold bites
+    for u in sorted(kept)[::10]:
+        d = fleet.devices[u]
+        rows = order[ml.user[order] == u]
+        rows = rows[ml.timestamp[rows] >= t0]
+        assert np.array_equal(np.concatenate([d.local_items, d.test_items]), ml.item[rows])  # every one, in time order
+        assert len(d.local_items) == int(len(rows) * cfg.data.local_fraction) and len(d.test_items) >= 1
+        t_local = [when[(u, int(i))] for i in d.local_items]
+        t_test = [when[(u, int(i))] for i in d.test_items]
+        assert min(t_local) >= t0 and max(t_local) <= min(t_test)  # local strictly earlier than test in time
+    assert sorted(fleet.val_users + fleet.test_users) == sorted(kept) and not set(fleet.val_users) & set(fleet.test_users)
+    other_seed = build_fleet(cfg.data, 1, ml)  # the user split does not move with the run's seed
+    assert other_seed.val_users == fleet.val_users and other_seed.cutoff == t0
+    s = fleet.summary()
+    assert s["scenario"] == "time" and s["users"] == len(kept) and set(s["local_per_device"]) >= {"median", "p10", "p90"}
+
+
+def test_local_sample_buckets():
+    from toolkit.methods.coda.data import bucket_labels, bucket_of
+
+    assert bucket_labels([10, 30]) == ["<=10", "11-30", ">30"]
+    assert [bucket_of(n, [10, 30]) for n in (1, 10, 11, 30, 31, 500)] == ["<=10", "<=10", "11-30", "11-30", ">30", ">30"]
+    with pytest.raises(ConfigError, match="buckets"):
+        coda_config.load_config(overrides={"data": {"buckets": [30, 10]}})
 
 
 def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
@@ -248,27 +293,42 @@ def test_tiny_train_writes_the_run_and_metrics(tiny_run):
     assert set(metrics["results"]) == {"cloud_only", "local_only", "augment_unfiltered", "coda"}
     for r in metrics["results"].values():
         assert set(r) == {"user_auc", "auc"} and 0.0 <= r["auc"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["data"]["scenario"] == "time" and metrics["scenario"] == "time"
+    per_user = json.loads((out / "per_user.json").read_text())
+    buckets = metrics["buckets"]  # sparse users: the same figures per bucket of local-sample count
+    assert buckets and set(buckets) <= {"<=20", "21-50", ">50"}  # the default edges [20, 50]
+    for label, res in buckets.items():
+        assert set(res) == set(metrics["results"])
+        assert all(set(r) == {"user_auc", "auc", "users"} and 0.0 <= r["user_auc"] <= 1.0 for r in res.values())
+        assert next(iter(res.values()))["users"] == sum(1 for p in per_user.values() if p["bucket"] == label)
+    assert metrics["log"]["data"]["cutoff"] > 0 and "median" in metrics["log"]["data"]["local_per_device"]
     m = metrics["matching"]
     assert m["index"] == "hnsw" and m["recall_vs_exact"] >= 0.9 and m["mean_retrieved"] > 0
     assert 0 <= m["mean_kept"] <= m["mean_retrieved"]
     for name in ("config.json", "metrics.json", "per_user.json", "augmentation.safetensors",
                  "checkpoints/recommender.safetensors", "checkpoints/classifier.safetensors"):
         assert (out / name).is_file(), name
-    assert len(json.loads((out / "per_user.json").read_text())) == 8
+    assert len(per_user) == 8
     ev = run_dcl("eval", str(out), "--json")  # re-evaluated from checkpoints: the same numbers
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads(ev.stdout)["results"] == metrics["results"]
+    assert json.loads(ev.stdout)["buckets"] == metrics["buckets"]
 
 
-def test_export_both_programs_in_every_format(tiny_run, tmp_path):
+def test_export_three_programs_in_every_format(tiny_run, tmp_path):
     from exporters.api import export
     from toolkit.methods.coda.export import bundle_programs
 
     programs, extra = bundle_programs(tiny_run[0])
     manifest = export(programs, ["executorch", "onnx", "coreml", "tflite"], tmp_path / "b", method="coda", extra=extra,
                       log=print)
-    assert [p.name for p in manifest.programs] == ["sample_classifier", "recommender"]
-    for p in manifest.programs:
+    assert [p.name for p in manifest.programs] == ["sample_classifier", "recommender", "key_encoder"]
+    enc = manifest.program("key_encoder")  # the request computed on the phone: inference only, gated
+    assert {(a.format, a.kind) for a in enc.artifacts} == {(f, "inference") for f in ("executorch", "onnx", "coreml", "tflite")}
+    assert all(a.validation.passed for a in enc.artifacts) and not enc.not_exported
+    assert [s.name for s in enc.artifacts[0].inputs] == ["user", "item", "click"]
+    for p in manifest.programs[:2]:
         kinds = {(a.format, a.kind) for a in p.artifacts}
         assert kinds == {(f, k) for f in ("executorch", "onnx", "coreml", "tflite") for k in ("inference", "training")}
         assert not p.not_exported
@@ -291,3 +351,5 @@ def test_simulate_in_executorch_reproduces_pytorch(tiny_run):
     rec = json.loads(proc.stdout)
     assert rec["agrees"] and rec["user_auc_gap"] <= 0.005 and rec["auc_gap"] <= 0.005
     assert rec["runtime_steps"] > 0 and rec["pytorch_vs_run_max_gap"] <= 1e-6
+    q = rec["requests"]  # the requests were keyed by the runtime's key_encoder artifact
+    assert q["key_encoder_calls"] > 0 and q["max_key_diff"] < 1e-5 and q["same_batch_as_recorded"] == q["users"] == 3

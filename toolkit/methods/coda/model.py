@@ -113,24 +113,54 @@ def predict(model: nn.Module, a: np.ndarray | torch.Tensor, b: np.ndarray | torc
                            for i in range(0, len(a), batch)]) if len(a) else np.zeros(0, np.float32)
 
 
+class KeyEncoder(nn.Module):
+    """What a device computes its request from: (user, item, click) -> the sample's unit-norm
+    matching key (config `matching.embedding`, `label_weight`), from the downloaded cloud
+    recommender's fixed weights. The pool's keys on the cloud come from the same module, so the
+    device's keys and the pool's live in one space. Inputs user int64, item int64, click float32
+    (B,); output key float32 (B, key_dim).
+
+    `portable`: normalize as x / sqrt(sum(x^2)) (ops every exporter translates; LiteRT has no
+    vector norm) instead of F.normalize; the two differ by at most 1 float32 ulp. The exported
+    program is portable; the host keeps F.normalize, so earlier runs' keys are reproduced bit
+    for bit."""
+
+    def __init__(self, recommender: Recommender, cfg: MatchingConfig, portable: bool = False):
+        super().__init__()
+        self.rec = recommender
+        self.embedding, self.label_weight, self.portable = cfg.embedding, float(cfg.label_weight), portable
+
+    def _unit(self, h: torch.Tensor) -> torch.Tensor:
+        if self.portable:
+            return h / torch.sqrt((h * h).sum(-1, keepdim=True)).clamp_min(1e-12)
+        return F.normalize(h, dim=-1)
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor, click: torch.Tensor) -> torch.Tensor:
+        m = self.rec
+        if self.embedding == "hidden":
+            h = m.features(user, item)
+        elif self.embedding == "user":
+            h = torch.cat([m.user(user), m.user_side(user)], dim=-1)
+        else:
+            h = torch.cat([m.item(item), m.item_side(item)], dim=-1)
+        h = self._unit(h)
+        if self.label_weight > 0:
+            h = self._unit(torch.cat([h, (self.label_weight * (2 * click.float() - 1)).unsqueeze(-1)], dim=-1))
+        return h
+
+
+KEY_INPUTS, KEY_OUTPUTS = ["user", "item", "click"], ["key"]
+
+
 @torch.no_grad()
 def sample_keys(model: Recommender, user: torch.Tensor, item: torch.Tensor, click: torch.Tensor,
                 cfg: MatchingConfig, batch: int = 16384) -> np.ndarray:
-    """Unit-norm float32 keys of samples (matching.py searches them by inner product)."""
+    """Unit-norm float32 keys of samples (matching.py searches them by inner product): the
+    KeyEncoder in PyTorch."""
     model.eval()
-    out = []
-    for i in range(0, len(user), batch):
-        u, it, c = user[i:i + batch], item[i:i + batch], click[i:i + batch].float()
-        if cfg.embedding == "hidden":
-            h = model.features(u, it)
-        elif cfg.embedding == "user":
-            h = torch.cat([model.user(u), model.user_side(u)], dim=-1)
-        else:
-            h = torch.cat([model.item(it), model.item_side(it)], dim=-1)
-        h = F.normalize(h, dim=-1)
-        if cfg.label_weight > 0:
-            h = F.normalize(torch.cat([h, (cfg.label_weight * (2 * c - 1)).unsqueeze(-1)], dim=-1), dim=-1)
-        out.append(h.numpy().astype(np.float32))
+    enc = KeyEncoder(model, cfg).eval()
+    out = [enc(user[i:i + batch], item[i:i + batch], click[i:i + batch]).numpy().astype(np.float32)
+           for i in range(0, len(user), batch)]
     return np.concatenate(out) if out else np.zeros((0, key_dim(model, cfg)), np.float32)
 
 

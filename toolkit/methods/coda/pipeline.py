@@ -10,6 +10,10 @@ later interactions hold both classes, `auc` = over all their interactions pooled
 Every personalized result starts from the same cloud weights with the same optimizer, epochs and
 seed (device.py), so they differ only in their data.
 
+metrics.json: `results.<name>` {user_auc, auc} over the evaluated users, `buckets.<label>.<name>`
+the same (plus `users`) per bucket of local-sample count (config `data.buckets`: sparse users),
+`log.data` the scenario, its cut-off and the local samples per device (median, p10, p90).
+
 A run directory holds config.json, metrics.json, per_user.json (each evaluated user's AUCs and
 counts), checkpoints (recommender, classifier: every device's start) and augmentation.safetensors
 (the cloud's answer to each evaluated device's request: simulate.py replays exactly these).
@@ -29,7 +33,7 @@ from dcl_core.config import to_dict
 from dcl_core.errors import CheckpointError
 from toolkit.methods.coda.cloud import Cloud
 from toolkit.methods.coda.config import CoDAConfig
-from toolkit.methods.coda.data import Fleet, build_fleet, load_movielens
+from toolkit.methods.coda.data import Fleet, bucket_labels, bucket_of, build_fleet, load_movielens
 from toolkit.methods.coda.device import (PERSONALIZED, Augmentation, Models, Opener, Outcome, pytorch_opener,
                                          request_augmentation, run_device)
 from toolkit.methods.coda.matching import AnnIndex, retrieve
@@ -60,31 +64,56 @@ def personalize(cfg: CoDAConfig, models: Models, fleet: Fleet, users: list[int],
             for u in progress(users, desc)}
 
 
-def score(models: Models, fleet: Fleet, outcomes: dict[int, Outcome]) -> tuple[dict[str, dict[str, float]], dict]:
-    """(results table, per-user records) from the devices' test-item scores."""
+def score(models: Models, fleet: Fleet, outcomes: dict[int, Outcome], edges: list[int] | None = None
+          ) -> tuple[dict[str, dict[str, float]], dict]:
+    """(results table, per-user records) from the devices' test-item scores. With bucket `edges`
+    each record names its local-sample bucket (data.bucket_of)."""
     per_user: dict[str, dict[str, Any]] = {}
-    pooled: dict[str, list[np.ndarray]] = {r: [] for r in RESULTS}
-    labels = []
+    scored: list[tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]] = []
     for u, o in outcomes.items():
         dev = fleet.devices[u]
         scores = {"cloud_only": predict(models.recommender, np.full(len(dev.test_items), u), dev.test_items)} | o.scores
-        labels.append(dev.test_clicks)
         rec = {"local": o.local, "retrieved": o.retrieved, "kept": o.kept, "tau": round(o.tau, 6),
                "test": int(len(dev.test_items))}
+        if edges is not None:
+            rec["bucket"] = bucket_of(o.local, edges)
         for r in RESULTS:
             if r in scores:
-                pooled[r].append(scores[r])
                 rec[r] = auc(dev.test_clicks, scores[r])
         per_user[str(u)] = rec
-    y = np.concatenate(labels) if labels else np.zeros(0)
+        scored.append((rec, scores, dev.test_clicks))
+    return _figures(scored), per_user
+
+
+def _figures(scored: list[tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Per result: user_auc (mean over users with both classes) and auc (pooled)."""
+    y = np.concatenate([s[2] for s in scored]) if scored else np.zeros(0)
     results = {}
     for r in RESULTS:
-        if not pooled[r]:
+        pooled = [s[1][r] for s in scored if r in s[1]]
+        if not pooled:
             continue
-        vals = [p[r] for p in per_user.values() if r in p and np.isfinite(p[r])]
+        vals = [s[0][r] for s in scored if r in s[0] and np.isfinite(s[0][r])]
         results[r] = {"user_auc": round(float(np.mean(vals)), 4) if vals else float("nan"),
-                      "auc": round(auc(y, np.concatenate(pooled[r])), 4)}
-    return results, per_user
+                      "auc": round(auc(y, np.concatenate(pooled)), 4)}
+    return results
+
+
+def bucket_results(models: Models, fleet: Fleet, outcomes: dict[int, Outcome], edges: list[int]
+                   ) -> dict[str, dict[str, Any]]:
+    """Sparse users: the results table per bucket of local-sample count (bucket label -> result ->
+    {user_auc, auc, users}; `users` = the bucket's users with both classes in their test data).
+    Buckets without such a user are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in bucket_labels(edges):
+        part = {u: o for u, o in outcomes.items() if bucket_of(o.local, edges) == label}
+        if not part:
+            continue
+        results, per_user = score(models, fleet, part)
+        n = sum(1 for p in per_user.values() if np.isfinite(p.get("cloud_only", np.nan)))
+        if n:
+            out[label] = {r: v | {"users": n} for r, v in results.items()}
+    return out
 
 
 def matching_check(cloud: Cloud, fleet: Fleet, models: Models, cfg: CoDAConfig, users: list[int]) -> dict[str, Any]:
@@ -135,7 +164,8 @@ def run(cfg: CoDAConfig, models: Models | None = None, fleet: Fleet | None = Non
     t3 = time.perf_counter()
     outcomes = personalize(cfg, models, fleet, users, augmentations, pytorch_opener(models, cfg))
     t4 = time.perf_counter()
-    results, per_user = score(models, fleet, outcomes)
+    results, per_user = score(models, fleet, outcomes, cfg.data.buckets)
+    buckets = bucket_results(models, fleet, outcomes, cfg.data.buckets)
     matching = matching_check(cloud, fleet, models, cfg, users)
     o = list(outcomes.values())
     a = list(augmentations.values())
@@ -156,7 +186,8 @@ def run(cfg: CoDAConfig, models: Models | None = None, fleet: Fleet | None = Non
                       "devices": round(t4 - t3, 1), "total": round(time.perf_counter() - t0, 1)}
     sizes = {n: {"params": count_params(m), "bytes": state_bytes(m)} for n, m in
              (("recommender", models.recommender), ("sample_classifier", models.classifier))}
-    metrics = {"method": METHOD, "results": results, "matching": matching, "sizes": sizes,
+    metrics = {"method": METHOD, "scenario": cfg.data.scenario, "results": results, "buckets": buckets,
+               "matching": matching, "sizes": sizes,
                "users": {"split": cfg.data.eval_split, "evaluated": len(users),
                          "with_both_classes": sum(1 for p in per_user.values() if np.isfinite(p.get("coda", np.nan)))},
                "log": log}
@@ -220,4 +251,4 @@ def evaluate_run(path: str | Path) -> dict[str, Any]:
     users = sorted(augmentations)
     outcomes = personalize(cfg, models, fleet, users, augmentations, pytorch_opener(models, cfg))
     results, _ = score(models, fleet, outcomes)
-    return {"method": METHOD, "results": results}
+    return {"method": METHOD, "results": results, "buckets": bucket_results(models, fleet, outcomes, cfg.data.buckets)}
