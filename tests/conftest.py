@@ -78,18 +78,36 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert n in lines[0], lines[0]
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """An expensive session result made once for all pytest-xdist workers: the first worker to
+    need it runs `build(folder)` in the workers' common temporary folder under a file lock, the
+    others wait and reuse it (the pattern pytest-xdist documents for session fixtures)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (folder / ".built").is_file():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One tiny DC-CCL run shared by every test that needs a run directory: (path, metrics)."""
     import json
 
-    tmp = tmp_path_factory.mktemp("run")
-    cfg = tmp / "tiny.toml"
-    cfg.write_text(TINY_TOML)
-    out = tmp / "run"
-    proc = run_dcl("train", "dcccl", "--config", str(cfg), "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout)
+    def build(tmp: Path) -> None:
+        (tmp / "tiny.toml").write_text(TINY_TOML)
+        proc = run_dcl("train", "dcccl", "--config", str(tmp / "tiny.toml"), "--out", str(tmp / "run"), "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (tmp / "printed.json").write_text(proc.stdout)
+
+    tmp = built_once(tmp_path_factory, "dcccl-tiny", build)
+    return tmp / "run", json.loads((tmp / "printed.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +116,14 @@ def bundle(tiny_run, tmp_path_factory):
     progress lines go to stderr): (bundle path, its manifest, the command's stderr)."""
     import json
 
-    out = tmp_path_factory.mktemp("bundle") / "host"
-    proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith(f"bundle written to {out}"), proc.stdout
-    return out, json.loads((out / "manifest.json").read_text()), proc.stderr
+    def build(tmp: Path) -> None:
+        proc = run_dcl("export", str(tiny_run[0]), "--target", "host", "--out", str(tmp / "host"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.startswith(f"bundle written to {tmp / 'host'}"), proc.stdout
+        (tmp / "stderr.txt").write_text(proc.stderr)
+
+    tmp = built_once(tmp_path_factory, "dcccl-tiny-bundle", build)
+    return tmp / "host", json.loads((tmp / "host" / "manifest.json").read_text()), (tmp / "stderr.txt").read_text()
 
 
 def export_bn_train_external(out_dir: Path):

@@ -47,7 +47,7 @@ def test_manifest_contract(bundle):
 @pytest.mark.parametrize("fmt", ["executorch", "onnx", "tflite"])
 def test_trained_weights_come_back_and_import_into_the_run(bundle, tiny_run, tmp_path, fmt):
     """Train a few steps in the runtime, take f_d's weights out, load them into PyTorch."""
-    out, _ = bundle
+    out = bundle[0]
     manifest = load_manifest(out)
     art = next(a for a in manifest.artifacts if a.format == fmt and a.kind == "training")
     runner = open_training(fmt, out / art.path, art)
