@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--clients", default="10,100,1000")
     ap.add_argument("--runtimes", default="pytorch,onnx")
     ap.add_argument("--supernodes", type=int, default=4)
+    ap.add_argument("--epochs", default="1", help="local epochs per round in the deployment comparison")
     ap.add_argument("--out", default=str(ROOT / "bench" / "fleet_scaling.json"))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="dcl-bench-fleet-") as tmp:
@@ -93,7 +94,7 @@ def main() -> None:
         rows, record = [], {"run": run, "scaling": [], "deployment": []}
         for runtime in a.runtimes.split(","):
             base = None
-            for n in (int(c) for c in a.clients.split(",")):
+            for n in (int(c) for c in a.clients.split(",") if c):  # --clients "": the deployment part only
                 m = measure(["fleet", run, "--runtime", runtime, "--clients", str(n), "--rounds", "1",
                              "--out", str(Path(tmp) / f"sim-{runtime}-{n}")])
                 (r,) = m["result"]["rounds"]
@@ -108,11 +109,12 @@ def main() -> None:
                 rows.append(list(entry.values()))
                 print(f"{runtime} N={n}: {entry['client_rounds_per_s']} client-rounds/s, {entry['peak_rss_mb']} MiB",
                       file=sys.stderr)
-        print(tabulate(rows, headers=list(record["scaling"][0]), tablefmt="github"))
+        if rows:
+            print(tabulate(rows, headers=list(record["scaling"][0]), tablefmt="github"))
         k, deploy_rows = a.supernodes, []
         for runtime in a.runtimes.split(","):
             for engine, extra in (("simulation", ["--clients", str(k)]), ("deployment", ["--deploy", "--supernodes", str(k)])):
-                m = measure(["fleet", run, "--runtime", runtime, "--rounds", "2", *extra,
+                m = measure(["fleet", run, "--runtime", runtime, "--rounds", "2", "--epochs", a.epochs, *extra,
                              "--out", str(Path(tmp) / f"{engine}-{runtime}")])
                 seconds = [r["seconds"] for r in m["result"]["rounds"]]
                 entry = {"runtime": runtime, "engine": m["result"]["engine"], "clients": k, "round_1_s": seconds[0],

@@ -136,3 +136,22 @@ def test_coda_fleet_asks_filters_and_fine_tunes_in_a_runtime(tmp_path_factory):
     recorded = json.loads((run / "per_user.json").read_text())
     expected = float(np.mean([recorded[str(u)]["coda"] for u in fleet_users(run, 2)]))
     assert abs(r["accuracy"] - expected) <= 0.005, (r, expected)
+
+
+def test_resume_refuses_a_crafted_fleet_folder_in_one_line(tiny_run, tmp_path):
+    """--resume reads a dcl fleet output back: wrong record fields or a corrupt weights file are one
+    line and change nothing."""
+    from conftest import assert_one_line_error
+    from dcl_core.outputs import atomic_output
+
+    out = tmp_path / "fleet"
+    with atomic_output(out, "fleet") as tmp:
+        (tmp / "fleet.json").write_text(json.dumps({
+            "method": "dcccl", "runtime": "pytorch", "engine": "flower-simulation", "clients": 2, "planned_rounds": 2,
+            "fraction": 1.0, "min_clients": 1, "epochs": 0, "devices": 0, "complete": False,
+            "rounds": [{"round": 1, "evil": "__import__('os')"}]}))
+        (tmp / "weights.safetensors").write_bytes(b"\x00 not a safetensors file")
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    proc = run_dcl("fleet", str(tiny_run[0]), "--runtime", "pytorch", "--clients", "2", "--out", str(out), "--resume")
+    assert_one_line_error(proc, "is corrupt", "--resume")
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before

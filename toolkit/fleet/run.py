@@ -20,7 +20,8 @@ from pathlib import Path
 from dcl_core.errors import ConfigError, DclError
 from dcl_core.outputs import atomic_output
 from runtime_harness.fleet.deploy import ENGINE_DEPLOYMENT, Deployment, SuperLinkLost
-from runtime_harness.fleet.flower import ENGINE_SIMULATION, FleetRun, FleetSettings, RoundLog, read_weights, run_simulation
+from runtime_harness.fleet.flower import (ENGINE_SIMULATION, FleetRun, FleetSettings, RoundLog, RoundRecord, read_weights,
+                                          run_simulation)
 from toolkit.plugin import FleetOptions, Log
 from toolkit.registry import method_of_run
 
@@ -158,12 +159,16 @@ def _resumable(out: Path, plan: FleetPlan) -> list[dict]:
                           + ", ".join(f"{k} (was {record.get(k)!r}, now {getattr(plan, k)!r})" for k in differs))
     if not record.get("rounds") or not (out / RoundLog.WEIGHTS).is_file():
         raise ConfigError(f"{out} holds no completed round to resume from; run without --resume")
-    return record["rounds"]
+    try:  # what the folder holds is checked before it is trusted: records, then tensors
+        rounds = [asdict(RoundRecord(**r)) for r in record["rounds"]]
+        read_weights(out / RoundLog.WEIGHTS)
+    except Exception:  # noqa: BLE001 - a wrong field (TypeError) or a bad safetensors file alike
+        raise ConfigError(f"{out} is corrupt (its rounds or weights do not read); run without --resume "
+                          "into another folder") from None
+    return rounds
 
 
 def _read(out: Path, plan: FleetPlan) -> FleetRun:
-    from runtime_harness.fleet.flower import RoundRecord
-
     record = json.loads((out / RECORD).read_text())
     return FleetRun(plan.engine, plan.clients, [RoundRecord(**r) for r in record["rounds"]],
                     read_weights(out / RoundLog.WEIGHTS))
