@@ -37,7 +37,6 @@ from toolkit.plugin import FleetOptions, Log
 from toolkit.train import accuracy
 
 PYTORCH = "pytorch"
-DEFAULT_DEVICES, DEFAULT_ROUNDS = 2, 2
 HEADLINE = "union_test"
 
 

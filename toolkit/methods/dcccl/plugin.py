@@ -13,6 +13,7 @@ class DCCCL(Method):
     name = "dcccl"
     title = "DC-CCL: cloud submodel, mimic distillation, controlled device rounds, and the baselines"
     simulate_noise_floor = True
+    fleet_clients = 0  # the run's devices, each one client (more: shards of their data)
 
     def export_recipe(self, run_dir: Path, options: ExportOptions, log: Log) -> ExportRecipe:
         from toolkit.methods.dcccl.export import device_step_program

@@ -23,7 +23,7 @@ from runtime_harness.fleet.flower import FleetSettings, RoundLog, run_simulation
 from toolkit.methods.dcccl.fleet import PYTORCH, export_artifact, fleet_task
 from toolkit.plugin import FleetOptions, Log
 
-DEFAULT_DEVICES, DEFAULT_ROUNDS = 2, 2
+DEFAULT_ROUNDS = 2
 
 
 @dataclass
@@ -64,10 +64,10 @@ def nudged(state: dict[str, torch.Tensor], names: list[str], seed: int) -> dict[
 
 def simulate(run_dir: str | Path, runtime: Format, options: FleetOptions, log: Log) -> FleetResult:
     fmt = runtime.name
-    devices = options.devices or DEFAULT_DEVICES
     rounds = options.rounds or DEFAULT_ROUNDS
-    fleet = FleetOptions(devices=devices, clients=devices, epochs=options.epochs)
-    result = FleetResult(fmt, devices, rounds)
+    # one client per device of the scenario: the run's device count unless --devices says otherwise
+    fleet = FleetOptions(devices=options.devices, clients=options.devices, epochs=options.epochs)
+    result = FleetResult(fmt, 0, rounds)
     with tempfile.TemporaryDirectory(prefix="dcl-simulate-") as tmp:
         bundle = Path(tmp) / "bundle"
         export_artifact(run_dir, fmt, bundle, log)
@@ -75,12 +75,13 @@ def simulate(run_dir: str | Path, runtime: Format, options: FleetOptions, log: L
         for engine, runtime_name in engines.items():
             t0 = time.perf_counter()
             task = fleet_task(run_dir, runtime_name, fleet, bundle if runtime_name != PYTORCH else None)
+            result.devices = task.clients
             if engine == NUDGED:
                 start = {n: torch.from_numpy(w) for n, w in task.start.items()}
                 task.start = {n: w.numpy() for n, w in nudged(start, list(start), seed=0).items()}
             state = Path(tmp) / engine
             state.mkdir()
-            log(f"{engine}: {rounds} rounds of {devices} devices (Flower simulation)")
+            log(f"{engine}: {rounds} rounds of {task.clients} devices (Flower simulation)")
             run = run_simulation(task, FleetSettings(rounds), RoundLog(state, rounds), log=log)
             result.accuracy[engine] = dict(run.rounds[-1].metrics)
             result.seconds[engine] = round(time.perf_counter() - t0, 1)
