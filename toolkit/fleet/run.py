@@ -82,9 +82,7 @@ def run_fleet(run_dir: Path, runtime: str, options: FleetOptions, log: Log, *, s
         bundle = tmp / "bundle"
         if runtime != PYTORCH:
             method.fleet_export(Path(run_dir), runtime, bundle, log)
-        start = tmp / ".start.safetensors"
-        if done:
-            shutil.copy2(out / RoundLog.WEIGHTS, start)
+        start = tmp / RoundLog.WEIGHTS  # resuming: the weights after the last completed round, read before any new one
         if deploy:
             lost = _deploy(Path(run_dir).resolve(), plan, settings, tmp, bundle, start if done else None, rounds, tls, log)
         else:
@@ -93,7 +91,6 @@ def run_fleet(run_dir: Path, runtime: str, options: FleetOptions, log: Log, *, s
             if done:
                 task.start = read_weights(start)
             run_simulation(task, settings, rounds, log=log)
-        start.unlink(missing_ok=True)
         recorded = rounds.rounds()
         if not recorded:
             raise lost or DclError("the fleet recorded no round")
