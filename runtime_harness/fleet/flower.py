@@ -352,6 +352,22 @@ class SharedTask:
         return self._fetched[key]
 
 
+def import_flower_simulation() -> None:
+    """Import Flower's simulation package without TensorFlow. Flower imports TensorFlow there
+    whenever it is installed (as it is here, for the LiteRT converter), only for a GPU-memory
+    option dcl never sets; that costs about 4 s of CPU in every process that imports it, each Ray
+    worker included. TensorFlow stays importable afterwards. Also Ray's worker set-up hook."""
+    import sys
+
+    if "flwr.simulation" in sys.modules or "tensorflow" in sys.modules:
+        return
+    sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ModuleNotFoundError
+    try:
+        import flwr.simulation  # noqa: F401
+    finally:
+        del sys.modules["tensorflow"]
+
+
 def start_ray(ray_address: str | None) -> None:
     """Ray, started (or joined, given a cluster's address) as Flower's Ray backend would, so the
     task can go into its object store before the simulation starts; Flower then reuses it and shuts
@@ -365,7 +381,9 @@ def start_ray(ray_address: str | None) -> None:
     # Ray's workers get this process's import path (Flower does the same when it starts Ray)
     path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ["PYTHONPATH"] = path
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False, log_to_driver=False,
+    hook = f"{__name__}.{import_flower_simulation.__name__}"
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": hook},
+             include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR, **({"address": ray_address} if ray_address else {"num_cpus": os.cpu_count() or 1}))
 
 
@@ -375,6 +393,8 @@ def run_simulation(task: FleetTask, settings: FleetSettings, rounds: RoundLog, r
     `settings.fraction` of them sampled per round. Returns the recorded rounds and final weights."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
+
+    import_flower_simulation()
     from flwr.simulation import run_simulation as flower_run
 
     quiet_flower_logger()
