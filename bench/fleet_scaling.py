@@ -1,8 +1,9 @@
 """`dcl fleet` at scale: client-rounds per second and peak memory of Flower's Simulation Engine
-(Ray) at N = 10, 100 and 1,000 virtual clients, in PyTorch (the reference program) and a
-runtime's exported training artifact; then one round on the Deployment Engine with 4 SuperNode
-processes (TLS on loopback) against the simulation of the same 4 clients. All in this one run,
-on one DC-CCL run (default: a fresh `dcl train dcccl --quick`).
+(Ray) at N = 10, 100 and 1,000 virtual clients, in PyTorch (the reference program) and the
+runtimes' exported training artifacts (`--runtimes`); then two rounds on the Deployment Engine
+with 4 SuperNode processes (TLS on loopback) against the simulation of the same 4 clients
+(`--deploy-runtimes`). All in this one run, on one DC-CCL run (default: a fresh `dcl train dcccl
+--quick`).
 
 Each configuration is the real CLI (`dcl fleet ... --json`) in a subprocess. Measured:
 - round seconds: the fleet's own record of its rounds (the ServerApp's clock, from the first
@@ -80,7 +81,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", help="a DC-CCL run (default: train a quick one)")
     ap.add_argument("--clients", default="10,100,1000")
-    ap.add_argument("--runtimes", default="pytorch,onnx")
+    ap.add_argument("--runtimes", default="pytorch,onnx", help="runtimes of the scaling part")
+    ap.add_argument("--deploy-runtimes", default="onnx", help="runtimes of the deployment comparison ('': none)")
     ap.add_argument("--supernodes", type=int, default=4)
     ap.add_argument("--epochs", default="1", help="local epochs per round in the deployment comparison")
     ap.add_argument("--out", default=str(ROOT / "bench" / "fleet_scaling.json"))
@@ -111,8 +113,8 @@ def main() -> None:
                       file=sys.stderr)
         if rows:
             print(tabulate(rows, headers=list(record["scaling"][0]), tablefmt="github"))
-        k, deploy_rows = a.supernodes, []
-        for runtime in a.runtimes.split(","):
+        k, deploy_rows, deployed = a.supernodes, [], [r for r in a.deploy_runtimes.split(",") if r]
+        for runtime in deployed:
             for engine, extra in (("simulation", ["--clients", str(k)]), ("deployment", ["--deploy", "--supernodes", str(k)])):
                 m = measure(["fleet", run, "--runtime", runtime, "--rounds", "2", "--epochs", a.epochs, *extra,
                              "--out", str(Path(tmp) / f"{engine}-{runtime}")])
@@ -122,12 +124,13 @@ def main() -> None:
                          "union_test": m["result"]["rounds"][-1]["accuracy"]}
                 record["deployment"].append(entry)
                 deploy_rows.append(list(entry.values()))
-        for runtime in a.runtimes.split(","):
+        for runtime in deployed:
             sim, dep = (e for e in record["deployment"] if e["runtime"] == runtime)
             record.setdefault("deployment_vs_simulation_round_2", {})[runtime] = round(dep["round_2_s"] / sim["round_2_s"], 2)
-        print()
-        print(tabulate(deploy_rows, headers=list(record["deployment"][0]), tablefmt="github"))
-        print(f"\nround 2, deployment / simulation: {record['deployment_vs_simulation_round_2']}")
+        if deploy_rows:
+            print()
+            print(tabulate(deploy_rows, headers=list(record["deployment"][0]), tablefmt="github"))
+            print(f"\nround 2, deployment / simulation: {record['deployment_vs_simulation_round_2']}")
     record["run"] = a.run or "a fresh `dcl train dcccl --quick`"
     Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
 
