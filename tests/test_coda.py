@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_dcl
+from conftest import assert_one_line_error, built_once, run_dcl
 from dcl_core.errors import ConfigError, DataMissingError
 from toolkit.methods.coda import config as coda_config
 from toolkit.methods.coda.config import FilterConfig, MatchingConfig
@@ -53,14 +53,13 @@ epochs = 2
 
 
 def tiny_run_dir(tmp_path_factory) -> tuple[Path, dict]:
-    """One tiny run per test session, shared by test_coda.py and test_coda_service.py."""
-    root = tmp_path_factory.getbasetemp() / "coda-tiny"
-    out = root / "run"
-    if not (out / "metrics.json").is_file():
-        root.mkdir(exist_ok=True)
+    """One tiny run per test session, for every worker (test_coda*.py, test_fleet_flower.py)."""
+    def build(root: Path) -> None:
         (root / "tiny.toml").write_text(TINY_TOML)
-        proc = run_dcl("train", "coda", "--config", str(root / "tiny.toml"), "--out", str(out), "--json", "--force")
+        proc = run_dcl("train", "coda", "--config", str(root / "tiny.toml"), "--out", str(root / "run"), "--json")
         assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = built_once(tmp_path_factory, "coda-tiny", build) / "run"
     return out, json.loads((out / "metrics.json").read_text())
 
 
