@@ -26,7 +26,7 @@ test: setup
 FAST_TESTS = tests/test_outputs.py tests/test_config.py tests/test_format_descriptors.py tests/test_targets.py \
 	tests/test_tflite_ops.py tests/test_harness_parsers.py tests/test_harness_metrics.py tests/test_harness_report.py \
 	tests/test_harness_adb.py tests/test_architecture.py tests/test_data.py tests/test_models.py \
-	tests/test_progress_lines.py
+	tests/test_progress_lines.py tests/test_imports.py
 test-fast: setup
 	.venv/bin/python -m pytest -q -n 2 --dist loadfile $(FAST_TESTS)
 

@@ -21,13 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from executorch.extension.pybindings.portable_lib import (
-    _load_program,
-    _threadpool_get_thread_count,
-    _unsafe_reset_threadpool,
-)
-from executorch.extension.training import get_sgd_optimizer
-from executorch.runtime import Runtime
+
+from dcl_core.imports import without
+
+# The bindings import `executorch.exir` (the compiler, ~4 s of CPU) only for its decorator module
+# `exir._warnings`: running programs needs none of the rest.
+with without("executorch.exir", keep_submodules=True):
+    from executorch.extension.pybindings.portable_lib import (
+        _load_program,
+        _threadpool_get_thread_count,
+        _unsafe_reset_threadpool,
+    )
+    from executorch.extension.training import get_sgd_optimizer
+    from executorch.runtime import Runtime
 
 from dcl_core.bundle import Artifact, TensorSpec
 from dcl_core.errors import BundleError

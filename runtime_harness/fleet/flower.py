@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from dcl_core.errors import DclError
+from dcl_core.imports import without
 
 # Flower reports usage over the network unless told not to: nothing leaves this machine.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -353,19 +354,12 @@ class SharedTask:
 
 
 def import_flower_simulation() -> None:
-    """Import Flower's simulation package without TensorFlow. Flower imports TensorFlow there
-    whenever it is installed (as it is here, for the LiteRT converter), only for a GPU-memory
-    option dcl never sets; that costs about 4 s of CPU in every process that imports it, each Ray
-    worker included. TensorFlow stays importable afterwards. Also Ray's worker set-up hook."""
-    import sys
-
-    if "flwr.simulation" in sys.modules or "tensorflow" in sys.modules:
-        return
-    sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ModuleNotFoundError
-    try:
+    """Import Flower's simulation package without TensorFlow, which it imports whenever it is
+    installed (as it is here, for the LiteRT converter) only for a GPU-memory option dcl never
+    sets: about 4 s of CPU in every process, each Ray worker included. Also Ray's worker set-up
+    hook."""
+    with without("tensorflow"):
         import flwr.simulation  # noqa: F401
-    finally:
-        del sys.modules["tensorflow"]
 
 
 def start_ray(ray_address: str | None) -> None:
