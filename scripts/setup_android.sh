@@ -25,12 +25,24 @@ if ! command -v mvn >/dev/null 2>&1; then
     fi
 fi
 
+# A stamp inside the local repository, keyed by the poms and the profile, says an offline build
+# succeeded with what ~/.m2 holds (it goes when ~/.m2 goes); without it, an offline build is tried
+# (half a minute) and, if it fails, the dependencies are fetched.
+REPO="${MAVEN_REPO:-$HOME/.m2/repository}"
+KEY=$(cat "$POM" android_demo/jvm/*/pom.xml | sha256sum | cut -c1-16)
+STAMP="$REPO/.dcl-android-demo-${KEY}${PROFILE[*]:+-real-aars}"
+if [ -f "$STAMP" ]; then
+    echo "setup_android: Maven dependencies already in ~/.m2"
+    exit 0
+fi
 # the JVM tests skip without a bundle (-Ddcl.bundle), so this build needs no dcl run
 if mvn -q -o -B -f "$POM" "${PROFILE[@]}" "$GOAL" >/dev/null 2>&1; then
+    touch "$STAMP"
     echo "setup_android: Maven dependencies already in ~/.m2"
     exit 0
 fi
 echo "setup_android: fetching Maven dependencies into ~/.m2 (once; ~250 MB)"
 mvn -q -B -f "$POM" "${PROFILE[@]}" "$GOAL"
 mvn -q -o -B -f "$POM" "${PROFILE[@]}" "$GOAL"  # proves the offline build works
+touch "$STAMP"
 echo "setup_android: done"
