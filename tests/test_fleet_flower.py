@@ -1,7 +1,7 @@
 """The device rounds as a Flower app on the Simulation Engine (Ray): the merged weights equal the
 in-process reference loop's within float32 rounding, a client with NaN weights or a malformed
-request is refused and the round goes on, a client that crashes is left out; CoDA's app through
-`dcl fleet --json`. (DC-CCL's app through the CLI: tests/test_fleet_deploy.py and `dcl simulate`
+request is refused and the round goes on, a client that crashes is left out; the same app on a
+Ray cluster named by RAY_ADDRESS; CoDA's app through `dcl fleet --json`. (DC-CCL's app through the CLI: tests/test_fleet_deploy.py and `dcl simulate`
 in tests/test_export_dcccl.py; ICIIA's: tests/test_iciia.py.)"""
 from __future__ import annotations
 
@@ -155,3 +155,51 @@ def test_resume_refuses_a_crafted_fleet_folder_in_one_line(tiny_run, tmp_path):
     proc = run_dcl("fleet", str(tiny_run[0]), "--runtime", "pytorch", "--clients", "2", "--out", str(out), "--resume")
     assert_one_line_error(proc, "is corrupt", "--resume")
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
+
+
+def test_the_same_app_runs_on_a_ray_cluster_named_by_ray_address(tmp_path, monkeypatch):
+    """A Ray cluster started as a user starts one (`ray start --head`); RAY_ADDRESS points the
+    simulation at it: the merged weights are the reference loop's, and the cluster outlives the
+    run (dcl only disconnected from it)."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="dclray", dir="/tmp")  # short: Ray's socket paths must fit
+    ray_cli = Path(sys.executable).with_name("ray")
+    started = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
+                              "--include-dashboard", "false", "--disable-usage-stats",
+                              "--temp-dir", temp], capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        seen: list[dict[str, np.ndarray]] = []
+        run = run_simulation(_toy_task(seen=seen), FleetSettings(rounds=1), RoundLog(tmp_path, 1), log=lambda *a: None)
+        assert run.rounds[0].clients == CLIENTS
+        task = _toy_task()
+        for name, ref in reference_round(task, task.start, 1).items():
+            np.testing.assert_allclose(seen[0][name], ref, rtol=1e-6, atol=1e-7)
+        alive = subprocess.run([str(ray_cli), "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
+                               text=True, timeout=60)
+        assert alive.returncode == 0 and "/2.0 CPU" in alive.stdout, alive.stdout  # still up, idle
+    finally:  # stop only this cluster (`ray stop` stops every Ray on the machine): each of its
+        # processes keeps a log file open under its temp dir
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if any(os.readlink(fd).startswith(temp) for fd in (proc / "fd").iterdir()):
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)

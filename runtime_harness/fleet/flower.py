@@ -363,22 +363,25 @@ def import_flower_simulation() -> None:
 
 
 def start_ray(ray_address: str | None) -> None:
-    """Ray, started (or joined, given a cluster's address) as Flower's Ray backend would, so the
-    task can go into its object store before the simulation starts; Flower then reuses it and shuts
-    it down at the end."""
+    """Ray, started (or joined, given a cluster's address or Ray's own RAY_ADDRESS variable) as
+    Flower's Ray backend would, so the task can go into its object store before the simulation
+    starts; Flower then reuses it and shuts it down (or disconnects from the cluster) at the end."""
     import sys
 
     import ray
 
     if ray.is_initialized():
         return
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    # without an address, a Ray of its own on this machine ("local"), even if a `ray start`
+    # cluster runs here (Ray would otherwise join that one)
+    where = {"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1}
     # Ray's workers get this process's import path (Flower does the same when it starts Ray)
     path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ["PYTHONPATH"] = path
     hook = f"{__name__}.{import_flower_simulation.__name__}"
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": hook},
-             include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, **({"address": ray_address} if ray_address else {"num_cpus": os.cpu_count() or 1}))
+             include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **where)
 
 
 def run_simulation(task: FleetTask, settings: FleetSettings, rounds: RoundLog, ray_address: str | None = None,
