@@ -96,7 +96,7 @@ def test_sigterm_during_export_cleans_up(tiny_run, tmp_path):
 def test_full_disk_mid_write_is_one_line_and_leaves_nothing(tiny_run, tmp_path, monkeypatch, capsys):
     import errno
 
-    import toolkit.run
+    import safetensors.torch
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "checkpoint")
@@ -107,7 +107,7 @@ def test_full_disk_mid_write_is_one_line_and_leaves_nothing(tiny_run, tmp_path, 
     f_d = load_file(str(out / "checkpoints" / "f_d.safetensors"))
     save_file({f"f_d.{k}": v for k, v in f_d.items() if "running" not in k and "num_batches" not in k}, str(w))
     before = _tree(out)
-    monkeypatch.setattr(toolkit.run, "save_file", full)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)  # what the checkpoint writer calls
     assert main(["-v", "import-weights", str(out), str(w)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dcl: error: No space left on device: checkpoint; nothing was written"]

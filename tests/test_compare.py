@@ -70,3 +70,15 @@ def test_bad_inputs_are_one_line(tiny_run, tmp_path):
     assert_one_line_error(run_dcl("compare", str(a), str(broken)), "metrics.json is corrupt")
     (broken / "metrics.json").write_text(json.dumps({"method": "dcccl"}))
     assert_one_line_error(run_dcl("compare", str(a), str(broken)), "no \"results\" table")
+
+
+def test_compare_reads_runs_without_importing_torch():
+    """`dcl compare` reads JSON records only: it starts in a fraction of a second, without torch."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import sys; import toolkit.cli, toolkit.compare; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr[-2000:]

@@ -4,18 +4,16 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
-
-import numpy as np
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypeVar
 
 from dcl_core.config import check_number, from_dict
 from dcl_core.errors import CheckpointError, ConfigError
 from dcl_core.outputs import atomic_output
 from dcl_core.untrusted import check_name
+
+if TYPE_CHECKING:  # torch is imported where checkpoints are read or written: `dcl compare` and
+    import torch  # other commands that only read a run's JSON records start without it
+    from torch import nn
 
 T = TypeVar("T")
 REDO = "the file was changed or damaged: re-run `dcl train` to recreate the run"
@@ -75,6 +73,8 @@ class RunDir:
         p = self.checkpoint_path(name)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp")  # never half a checkpoint under its real name
+        from safetensors.torch import save_file
+
         try:
             # contiguous clones: safetensors refuses shared or strided storage
             save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
@@ -98,6 +98,9 @@ class RunDir:
 
 def load_state(model: nn.Module, path: Path) -> None:
     """Load a safetensors state dict with one clear line on any problem (never pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is missing; re-run `dcl train` or point at the right run directory")
     try:
@@ -159,6 +162,11 @@ def atomic_run_dir(final: str | Path, force: bool = False) -> Iterator[RunDir]:
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights a device returned (.safetensors or .npz, never pickle): float32 and finite only,
     since every runtime trains in float32 and a cast or a NaN would silently corrupt a model."""
+    import numpy as np
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"weights file {p} does not exist; pass the .safetensors or .npz the device returned")
