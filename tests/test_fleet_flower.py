@@ -1,8 +1,9 @@
 """The device rounds as a Flower app on the Simulation Engine (Ray): the merged weights equal the
 in-process reference loop's within float32 rounding, a client with NaN weights or a malformed
 request is refused and the round goes on, a client that crashes is left out; the same app on a
-Ray cluster named by RAY_ADDRESS; CoDA's app through `dcl fleet --json`. (DC-CCL's app through the CLI: tests/test_fleet_deploy.py and `dcl simulate`
-in tests/test_export_dcccl.py; ICIIA's: tests/test_iciia.py.)"""
+Ray cluster named by RAY_ADDRESS; CoDA's app through `dcl fleet --json`. (DC-CCL's app through
+the CLI: tests/test_fleet_deploy.py and `dcl simulate` in tests/test_export_dcccl.py; ICIIA's:
+tests/test_iciia.py.)"""
 from __future__ import annotations
 
 import json
