@@ -158,10 +158,16 @@ def test_resume_refuses_a_crafted_fleet_folder_in_one_line(tiny_run, tmp_path):
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
 
 
+def _evaluate_with(_data, evaluate, weights, metrics):
+    return evaluate(weights, metrics)
+
+
 def test_the_same_app_runs_on_a_ray_cluster_named_by_ray_address(tmp_path, monkeypatch):
     """A Ray cluster started as a user starts one (`ray start --head`); RAY_ADDRESS points the
     simulation at it: the merged weights are the reference loop's, and the cluster outlives the
     run (dcl only disconnected from it)."""
+    import dataclasses
+    import functools
     import os
     import shutil
     import signal
@@ -170,6 +176,10 @@ def test_the_same_app_runs_on_a_ray_cluster_named_by_ray_address(tmp_path, monke
     import sys
     import tempfile
     from pathlib import Path
+
+    import cloudpickle
+
+    from runtime_harness.fleet.flower import SharedTask, client_app, start_ray
 
     def free_port() -> int:
         with socket.socket() as s:
@@ -187,7 +197,14 @@ def test_the_same_app_runs_on_a_ray_cluster_named_by_ray_address(tmp_path, monke
         assert started.returncode == 0, started.stderr[-2000:]
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
         seen: list[dict[str, np.ndarray]] = []
-        run = run_simulation(_toy_task(seen=seen), FleetSettings(rounds=1), RoundLog(tmp_path, 1), log=lambda *a: None)
+        task = _toy_task(seen=seen)
+        # the ClientApp Flower sends with every message carries a reference, not the clients' data
+        start_ray(None)
+        heavy = dataclasses.replace(task, evaluate=functools.partial(_evaluate_with, np.zeros(4_000_000), task.evaluate))
+        assert len(cloudpickle.dumps(client_app(SharedTask(heavy)))) < 100_000
+        run = run_simulation(task, FleetSettings(rounds=1), RoundLog(tmp_path, 1), log=lambda *a: None)
+        # it ran on the cluster: this process connected to it as a driver (its log is in the cluster's folder)
+        assert list(Path(temp).glob(f"session_*/logs/python-core-driver-*_{os.getpid()}.log"))
         assert run.rounds[0].clients == CLIENTS
         task = _toy_task()
         for name, ref in reference_round(task, task.start, 1).items():
@@ -196,10 +213,14 @@ def test_the_same_app_runs_on_a_ray_cluster_named_by_ray_address(tmp_path, monke
                                text=True, timeout=60)
         assert alive.returncode == 0 and "/2.0 CPU" in alive.stdout, alive.stdout  # still up, idle
     finally:  # stop only this cluster (`ray stop` stops every Ray on the machine): each of its
-        # processes keeps a log file open under its temp dir
+        # processes keeps a log file open under its temp dir (this one too, while connected)
+        import ray
+
+        ray.shutdown()
         for proc in Path("/proc").glob("[0-9]*"):
             try:
-                if any(os.readlink(fd).startswith(temp) for fd in (proc / "fd").iterdir()):
+                if int(proc.name) != os.getpid() and any(os.readlink(fd).startswith(temp)
+                                                          for fd in (proc / "fd").iterdir()):
                     os.kill(int(proc.name), signal.SIGKILL)
             except OSError:
                 pass
